@@ -1,0 +1,55 @@
+# Everything a fresh Debian machine needs, from `make test` or `make serve` alone.
+# Debian packages are installed with apt-get when missing (as root), else we say what to install.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEBIAN_PACKAGES := memcached slapd ldap-utils
+# The programs those packages provide, checked by path (/usr/sbin is not on every PATH).
+SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch
+
+.PHONY: help venv system-deps test lint serve bench clean
+
+help:
+	@echo "make test   - set up everything, then run the test suite (real memcached and slapd)"
+	@echo "make serve  - set up everything, then run the demo stack on http://127.0.0.1:6543/"
+	@echo "make bench  - run the benchmarks; writes benchmarks/results/latest.md"
+	@echo "make lint   - ruff"
+
+$(STAMP): setup.py pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=23" "setuptools>=76,<81" wheel
+	$(BIN)/python -m pip install --quiet -e ".[test,bench,paster,pymemcache,prometheus]"
+	touch $@
+
+venv: $(STAMP)
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do [ -x "$$p" ] || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $(DEBIAN_PACKAGES) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	  else \
+	    echo "missing:$$missing"; \
+	    echo "run as root: apt-get update && apt-get install -y $(DEBIAN_PACKAGES)"; exit 1; \
+	  fi; \
+	fi
+
+test: venv system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+serve: venv system-deps
+	$(BIN)/python -m repoze_who_memcached.devstack --var ./var -- \
+	    $(BIN)/paster serve development.ini --reload
+
+bench: venv system-deps
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache

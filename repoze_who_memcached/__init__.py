@@ -1,0 +1,24 @@
+"""repoze_who_memcached: cache a repoze.who authenticator's and metadata provider's answers
+in memcached, keyed by HMAC and sealed with AES-GCM.
+
+The file list is the architecture:
+
+* ``plugin``    - the caching plugin and its ini factory: the per-request path, in one file
+* ``keys``      - HMAC cache keys over a canonical encoding of identity items
+* ``sealing``   - AES-GCM sealed values bound to their key (never pickle)
+* ``backends``  - the narrow interface to python-memcached / pymemcache (never raises)
+* ``counters``  - counters, rate-limited warnings, Prometheus export
+* ``options``   - strict ini-string parsing shared by every factory
+* ``ldap``      - our LDAP authenticator and metadata provider (ldap3)
+* ``pipeline``  - PasteDeploy filter and who.ini loading that fail loudly
+* ``demo``      - the demo WSGI app of ``make serve``
+* ``cli``       - the ``repoze-who-memcached`` console script
+* ``testing``   - private memcached and slapd servers for tests (yours too)
+* ``scaffold``  - the ``paster create`` template
+"""
+
+from .errors import BackendUnavailable, ConfigError
+from .plugin import CachingPlugin, make_plugin
+
+__all__ = ["BackendUnavailable", "CachingPlugin", "ConfigError", "make_plugin"]
+__version__ = "1.0.0.dev0"

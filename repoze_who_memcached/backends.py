@@ -1,0 +1,409 @@
+"""The narrow interface between the plugin and a memcached client library.
+
+The plugin needs five operations (get_multi, set, add, delete, probe) and one promise:
+none of them ever raises. A dead, hung, refusing or garbage-returning memcached must cost a
+cache miss, not a failed login. Each backend bounds every call by ``socket_timeout``, skips a
+dead server for ``dead_retry`` seconds, and reports errors to a callback that the plugin
+rate-limits into warnings and counts.
+
+Two backends:
+
+* :class:`PythonMemcachedBackend` (default): python-memcached. Its ``Client`` is a
+  ``threading.local``, so each thread gets its own sockets: safe under waitress as is.
+  Pickle is refused: a value flagged as pickled by whoever wrote memcached is dropped,
+  never unpickled.
+* :class:`PymemcacheBackend`: pymemcache, one thread-safe ``PooledClient`` per server, with
+  TLS. Server selection is ours (a consistent-hash ring built once at start-up), because
+  pymemcache's ``HashClient`` re-hashes every key against every server on each call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import hashlib
+import ssl
+import threading
+import time
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigError
+
+ErrorReporter = Callable[[str, str], None]
+"""``report(server, message)``: called on every cache error; must not raise."""
+
+DEFAULT_PORT = 11211
+MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger values as unix timestamps
+
+
+def memcached_expiry(seconds: int) -> int:
+    """Seconds from now, in the form memcached understands for any length."""
+    if seconds > MAX_RELATIVE_EXPIRY:
+        return int(time.time()) + seconds
+    return seconds
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    host: str
+    port: int
+    unix_path: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> ServerAddress:
+        """``host:port``, ``host`` (port 11211), ``[::1]:port``, ``unix:/path``; an optional
+        ``memcached://`` or ``inet:`` prefix is accepted for old configs."""
+        raw = text.strip()
+        spec = raw
+        for prefix in ("memcached://", "memcache://", "inet:"):
+            if spec.startswith(prefix):
+                spec = spec[len(prefix) :]
+        spec = spec.rstrip("/")
+        if spec.startswith("unix:"):
+            return cls(host="", port=0, unix_path=spec[5:])
+        if spec.startswith("["):
+            host, _, rest = spec[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ""
+        else:
+            host, _, port_text = spec.partition(":")
+        if not host or any(c.isspace() for c in host):
+            raise ConfigError(f"option 'memcached_urls': bad server {raw!r} (want host:port)")
+        try:
+            port = int(port_text) if port_text else DEFAULT_PORT
+        except ValueError:
+            raise ConfigError(f"option 'memcached_urls': bad port in {raw!r}") from None
+        if not 0 < port < 65536:
+            raise ConfigError(f"option 'memcached_urls': port out of range in {raw!r}")
+        return cls(host=host, port=port)
+
+    def __str__(self) -> str:
+        if self.unix_path is not None:
+            return f"unix:{self.unix_path}"
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass
+class ServerReport:
+    """What ``probe`` learned about one server (for the CLI's ``check`` and ``stats``)."""
+
+    address: str
+    ok: bool
+    version: str = ""
+    error: str = ""
+    stats: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    servers: tuple[ServerAddress, ...]
+    socket_timeout: float = 0.5
+    connect_timeout: float = 0.5
+    dead_retry: float = 10.0
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_verify: bool = True
+    max_pool_size: int = 32
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca_file or self.tls_cert_file)
+
+
+class CacheBackend(ABC):
+    """What the plugin asks of memcached. Implementations never raise from these methods."""
+
+    def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
+        self.settings = settings
+        self.report_error = report_error
+
+    @abstractmethod
+    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Values found (in one round trip per server); missing keys and errors are absent."""
+
+    @abstractmethod
+    def set(self, key: str, value: bytes, expire: int) -> bool: ...
+
+    @abstractmethod
+    def add(self, key: str, value: bytes, expire: int) -> bool:
+        """Store only if absent; True if stored (the building block of locks)."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def probe(self) -> list[ServerReport]:
+        """Connect to every server and report its status, version and stats."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release sockets (tests and the CLI call it; servers just exit)."""
+
+
+# --------------------------------------------------------------------------------------------
+# python-memcached
+
+
+class _RefusePickle:
+    """Stands in for ``pickle.Unpickler``: nothing read from the network is unpickled."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError("pickled value refused")
+
+
+def _no_decompression(data: bytes) -> bytes:
+    """We never compress; a value flagged as compressed is garbage and fails to open."""
+    return data
+
+
+class PythonMemcachedBackend(CacheBackend):
+    def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
+        super().__init__(settings, report_error)
+        if settings.tls:
+            raise ConfigError(
+                "option 'memcached_tls_ca_file': python-memcached has no TLS; "
+                "set memcached_client = pymemcache"
+            )
+        self._client = _make_python_memcached_client(settings, report_error)
+
+    def _guard(self, what: str, default: Any, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            # A surprise mid-read may leave a socket out of step: drop them all. (A value read
+            # out of step would fail to open anyway: it is sealed to its own key.)
+            self.report_error("*", f"{what}: {type(exc).__name__}: {exc}")
+            with contextlib.suppress(Exception):
+                self._client.disconnect_all()
+            return default
+
+    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
+        return self._guard("get_multi", {}, lambda: self._client.get_multi(list(keys)))
+
+    def set(self, key: str, value: bytes, expire: int) -> bool:
+        expiry = memcached_expiry(expire)
+        return bool(self._guard("set", False, lambda: self._client.set(key, value, expiry)))
+
+    def add(self, key: str, value: bytes, expire: int) -> bool:
+        expiry = memcached_expiry(expire)
+        return bool(self._guard("add", False, lambda: self._client.add(key, value, expiry)))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._guard("delete", False, lambda: self._client.delete(key)))
+
+    def probe(self) -> list[ServerReport]:
+        reports = []
+        for server in self.settings.servers:
+            errors: list[str] = []
+            single = _make_python_memcached_client(
+                BackendSettings(servers=(server,), socket_timeout=self.settings.socket_timeout,
+                                dead_retry=0),
+                lambda _s, message, errors=errors: errors.append(message),
+            )
+            try:
+                stats = single.get_stats()
+            except Exception as exc:
+                errors.append(str(exc))
+                stats = []
+            finally:
+                single.disconnect_all()
+            if stats:
+                values = dict(stats[0][1])
+                reports.append(ServerReport(str(server), True, values.get("version", ""),
+                                            stats=values))
+            else:
+                error = _clean_error(errors[-1] if errors else "no answer")
+                reports.append(ServerReport(str(server), False, error=error))
+        return reports
+
+    def close(self) -> None:
+        self._client.disconnect_all()
+
+
+def _clean_error(message: str) -> str:
+    return message.replace("MemCache: ", "").replace(".  Marking dead.", "").strip()
+
+
+def _make_python_memcached_client(settings: BackendSettings, report_error: ErrorReporter):
+    import memcache
+
+    class ReportingClient(memcache.Client):
+        """python-memcached reports failures only through ``debuglog``; route them to us."""
+
+        def set_servers(self, servers: Iterable[Any]) -> None:
+            super().set_servers(servers)
+            for host in self.servers:
+                host.debug = 1
+                host.debuglog = lambda message, host=host: report_error(
+                    f"{host.ip}:{host.port}" if hasattr(host, "ip") else str(host), message
+                )
+
+        def debuglog(self, message: str) -> None:
+            report_error("*", message)
+
+    return ReportingClient(
+        [str(s) for s in settings.servers],
+        debug=1,
+        socket_timeout=settings.socket_timeout,
+        dead_retry=settings.dead_retry,
+        unpickler=_RefusePickle,
+        decompressor=_no_decompression,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pymemcache
+
+
+class ConsistentHashRing:
+    """Maps a key to an ordered preference of servers, computed once per server set.
+
+    A key's position is the CRC-32 of the key (C speed, and our keys are HMAC digests, so
+    uniform already); then one bisect. When a server is dead its keys move to the next live
+    server on the ring; every other key stays put.
+    """
+
+    POINTS_PER_SERVER = 100
+
+    def __init__(self, count: int) -> None:
+        points = []
+        for index in range(count):
+            for replica in range(self.POINTS_PER_SERVER):
+                digest = hashlib.blake2b(b"%d-%d" % (index, replica), digest_size=4).digest()
+                points.append((int.from_bytes(digest, "big"), index))
+        points.sort()
+        self._positions = [p for p, _ in points]
+        self._owners = [i for _, i in points]
+        self.count = count
+
+    @staticmethod
+    def position(key: str) -> int:
+        return zlib.crc32(key.encode("ascii"))
+
+    def owners(self, key: str) -> Iterable[int]:
+        """Server indexes in order of preference for ``key``."""
+        if self.count == 1:
+            yield 0
+            return
+        start = bisect.bisect(self._positions, self.position(key))
+        seen: set[int] = set()
+        n = len(self._owners)
+        for offset in range(n):
+            owner = self._owners[(start + offset) % n]
+            if owner not in seen:
+                seen.add(owner)
+                yield owner
+                if len(seen) == self.count:
+                    return
+
+
+class PymemcacheBackend(CacheBackend):
+    def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
+        super().__init__(settings, report_error)
+        from pymemcache.client.base import PooledClient
+
+        tls_context = _tls_context(settings) if settings.tls else None
+        self._clients = [
+            PooledClient(
+                (s.unix_path if s.unix_path is not None else (s.host, s.port)),
+                connect_timeout=settings.connect_timeout,
+                timeout=settings.socket_timeout,
+                no_delay=True,
+                max_pool_size=settings.max_pool_size,
+                default_noreply=False,
+                tls_context=tls_context,
+            )
+            for s in settings.servers
+        ]
+        self._names = [str(s) for s in settings.servers]
+        self._ring = ConsistentHashRing(len(self._clients))
+        self._dead_until = [0.0] * len(self._clients)
+        self._lock = threading.Lock()
+
+    def _server_for(self, key: str) -> int | None:
+        now = time.monotonic()
+        for index in self._ring.owners(key):
+            if self._dead_until[index] <= now:
+                return index
+        return None
+
+    def _failed(self, index: int, what: str, exc: BaseException) -> None:
+        with self._lock:
+            self._dead_until[index] = time.monotonic() + self.settings.dead_retry
+        self.report_error(self._names[index], f"{what}: {type(exc).__name__}: {exc}")
+
+    def _run(self, key: str, what: str, default: Any, call: Callable[[Any], Any]) -> Any:
+        index = self._server_for(key)
+        if index is None:
+            return default
+        try:
+            return call(self._clients[index])
+        except Exception as exc:
+            self._failed(index, what, exc)
+            return default
+
+    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
+        if len(self._clients) == 1:
+            return self._run(keys[0], "get_multi", {}, lambda c: c.get_many(keys))
+        by_server: dict[int, list[str]] = {}
+        for key in keys:
+            index = self._server_for(key)
+            if index is not None:
+                by_server.setdefault(index, []).append(key)
+        found: dict[str, Any] = {}
+        for index, server_keys in by_server.items():
+            try:
+                found.update(self._clients[index].get_many(server_keys))
+            except Exception as exc:
+                self._failed(index, "get_multi", exc)
+        return found
+
+    def set(self, key: str, value: bytes, expire: int) -> bool:
+        return bool(self._run(key, "set", False,
+                              lambda c: c.set(key, value, memcached_expiry(expire), noreply=False)))
+
+    def add(self, key: str, value: bytes, expire: int) -> bool:
+        return bool(self._run(key, "add", False,
+                              lambda c: c.add(key, value, memcached_expiry(expire), noreply=False)))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._run(key, "delete", False, lambda c: c.delete(key, noreply=False)))
+
+    def probe(self) -> list[ServerReport]:
+        reports = []
+        for name, client in zip(self._names, self._clients, strict=True):
+            try:
+                stats = {
+                    (k.decode() if isinstance(k, bytes) else k): str(v)
+                    for k, v in client.stats().items()
+                }
+                reports.append(ServerReport(name, True, stats.get("version", ""), stats=stats))
+            except Exception as exc:
+                reports.append(ServerReport(name, False, error=f"{type(exc).__name__}: {exc}"))
+        return reports
+
+    def close(self) -> None:
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.close()
+
+
+def _tls_context(settings: BackendSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=settings.tls_ca_file)
+    if not settings.tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if settings.tls_cert_file:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    return context
+
+
+BACKENDS: dict[str, type[CacheBackend]] = {
+    "python-memcached": PythonMemcachedBackend,
+    "pymemcache": PymemcacheBackend,
+}

@@ -1,0 +1,134 @@
+"""Per-plugin counters, rate-limited warnings, and the optional Prometheus export.
+
+Operators ask "is the cache working?" the day after deploying it. Counters answer from
+Python (``plugin.counters.snapshot()``), in the log (a summary at INFO every
+``stats_log_interval`` seconds, checked on the request path with one clock read), in the
+demo app, and in Prometheus when ``prometheus_client`` is installed. Collection is pull-based:
+nothing extra happens per request for Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+COUNTER_NAMES = (
+    "hits",
+    "misses",
+    "negative_hits",
+    "stale_served",
+    "backend_calls",
+    "backend_errors",
+    "cache_errors",
+    "bad_values",
+    "lock_waits",
+    "coalesced",
+    "invalidations",
+)
+
+
+class Counters:
+    """Thread-safe event counts, plus a periodic INFO summary."""
+
+    def __init__(self, name: str, logger: logging.Logger, log_interval: float = 0.0) -> None:
+        self.name = name
+        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
+        self._lock = threading.Lock()
+        self._logger = logger
+        self._log_interval = log_interval
+        self._next_log = time.monotonic() + log_interval if log_interval else float("inf")
+
+    def incr(self, counter: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[counter] += amount
+        if time.monotonic() >= self._next_log:
+            self._log_summary()
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def hit_ratio(self) -> float | None:
+        counts = self.snapshot()
+        looked_up = counts["hits"] + counts["negative_hits"] + counts["misses"]
+        return (counts["hits"] + counts["negative_hits"]) / looked_up if looked_up else None
+
+    def _log_summary(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next_log:
+                return
+            self._next_log = now + self._log_interval
+            counts = dict(self._counts)
+        self._logger.info(
+            "cache %s counters: %s", self.name, " ".join(f"{k}={v}" for k, v in counts.items())
+        )
+
+
+class RateLimitedLog:
+    """Warnings about one recurring fault (a dead server, forged values) at most once per
+    ``interval`` seconds each, with a count of what was held back: a dead memcached must not
+    write a line per request."""
+
+    def __init__(self, logger: logging.Logger, interval: float = 30.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, topic: str, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(topic)
+            if last is not None and now - last < self._interval:
+                self._held[topic] = self._held.get(topic, 0) + 1
+                return
+            self._last[topic] = now
+            held = self._held.pop(topic, 0)
+        if held:
+            message += " (%d similar messages suppressed)"
+            args = (*args, held)
+        self._logger.warning(message, *args)
+
+
+_exported: list[Counters] = []
+_export_lock = threading.Lock()
+
+
+def register_prometheus(counters: Counters) -> bool:
+    """Expose ``counters`` as ``repoze_who_memcached_<counter>_total{plugin="<name>"}``.
+
+    One collector serves every plugin in the process (Prometheus refuses two collectors with
+    the same metric names). Returns False when prometheus_client is not installed.
+    """
+    try:
+        from prometheus_client import REGISTRY
+        from prometheus_client.core import CounterMetricFamily
+    except ImportError:
+        return False
+
+    class _Collector:
+        def collect(self) -> Iterator[Any]:
+            with _export_lock:
+                plugins = list(_exported)
+            for counter in COUNTER_NAMES:
+                family = CounterMetricFamily(
+                    f"repoze_who_memcached_{counter}",
+                    f"repoze_who_memcached: {counter.replace('_', ' ')}",
+                    labels=["plugin"],
+                )
+                for plugin_counters in plugins:
+                    family.add_metric([plugin_counters.name], plugin_counters.snapshot()[counter])
+                yield family
+
+    with _export_lock:
+        first = not _exported
+        if counters not in _exported:
+            _exported.append(counters)
+    if first:
+        REGISTRY.register(_Collector())
+    return True

@@ -1,0 +1,132 @@
+"""Cache keys: HMAC-SHA256 over an unambiguous encoding of what identifies a result.
+
+A key must (a) be the same for the same identity in every process sharing the secret,
+(b) differ whenever any keyed item differs, and (c) reveal nothing about the credentials it
+was made from. HMAC under a key derived from ``secret`` gives (c); the canonical encoding
+below gives (a) and (b): every value is type-tagged and length-prefixed, so no two distinct
+item lists encode to the same bytes (``("ab", "c")`` and ``("a", "bc")`` differ, ``"1"`` and
+``1`` differ, ``b"x"`` and ``"x"`` differ).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import ConfigError
+
+KEY_DIGEST_CHARS = 43  # urlsafe base64 of 32 bytes, unpadded
+MAX_PREFIX_CHARS = 200  # memcached keys are at most 250 bytes
+
+
+class Unencodable(TypeError):
+    """A value that has no canonical encoding (e.g. a plugin object)."""
+
+
+def derive_subkey(secret: bytes, purpose: str) -> bytes:
+    """One independent 32-byte key per purpose, so no key is ever used for two jobs."""
+    return hmac.new(secret, b"repoze_who_memcached/v1/" + purpose.encode(), hashlib.sha256).digest()
+
+
+def encode_value(value: Any, out: list[bytes]) -> None:
+    """Append the canonical, type-tagged encoding of ``value`` to ``out``."""
+    if isinstance(value, str):
+        data = value.encode("utf-8", "surrogatepass")
+        out.append(b"s%d:" % len(data))
+        out.append(data)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        out.append(b"b%d:" % len(data))
+        out.append(data)
+    elif value is None:
+        out.append(b"N")
+    elif value is True or value is False:
+        out.append(b"T" if value else b"F")
+    elif isinstance(value, int):
+        out.append(b"i%d;" % value)
+    elif isinstance(value, float):
+        out.append(b"f" + float.hex(value).encode() + b";")
+    elif isinstance(value, (list, tuple)):
+        out.append(b"l%d:" % len(value))
+        for item in value:
+            encode_value(item, out)
+    elif isinstance(value, dict):
+        entries = []
+        for k, v in value.items():
+            part: list[bytes] = []
+            encode_value(k, part)
+            encode_value(v, part)
+            entries.append(b"".join(part))
+        out.append(b"d%d:" % len(entries))
+        out.extend(sorted(entries))
+    else:
+        raise Unencodable(type(value).__name__)
+
+
+def is_encodable(value: Any) -> bool:
+    try:
+        encode_value(value, [])
+    except (Unencodable, RecursionError):
+        return False
+    return True
+
+
+class KeyMaker:
+    """Makes every memcached key this plugin uses, all of the same shape: prefix + digest.
+
+    Entry keys, per-user generation keys, the namespace generation key and lock keys are
+    HMACs under one derived key with distinct labels, so they can never collide with one
+    another, and an observer of memcached learns nothing but "some key".
+    """
+
+    def __init__(self, secret: bytes, prefix: str = "") -> None:
+        check_prefix(prefix)
+        self.prefix = prefix
+        self._mac = hmac.new(derive_subkey(secret, "cache-key"), digestmod=hashlib.sha256)
+
+    def _key(self, label: bytes, payload: bytes) -> str:
+        mac = self._mac.copy()
+        mac.update(label)
+        mac.update(payload)
+        digest = base64.urlsafe_b64encode(mac.digest())[:KEY_DIGEST_CHARS]
+        return self.prefix + digest.decode("ascii")
+
+    def entry_key(self, method: str, items: Iterable[tuple[str, Any]]) -> str:
+        """Key for a cached result of ``method`` for these (name, value) items, in order."""
+        out: list[bytes] = [b"entry\0"]
+        encode_value(method, out)
+        for name, value in items:
+            encode_value(name, out)
+            encode_value(value, out)
+        return self._key(b"", b"".join(out))
+
+    def user_generation_key(self, kind: str, name: Any) -> str:
+        """Key of the generation token of one user (``kind`` is "login" or "userid").
+
+        Names are case-folded: LDAP logins are case-insensitive, and invalidating ``Alice``
+        must also drop what ``alice`` cached. Over-invalidation only costs a miss.
+        """
+        if isinstance(name, str):
+            name = name.casefold()
+        out: list[bytes] = [b"usergen\0"]
+        encode_value(kind, out)
+        encode_value(name, out)
+        return self._key(b"", b"".join(out))
+
+    def namespace_generation_key(self) -> str:
+        return self._key(b"", b"namespace-generation\0")
+
+    def lock_key(self, entry_key: str) -> str:
+        return self._key(b"", b"lock\0" + entry_key.encode("ascii"))
+
+
+def check_prefix(prefix: str) -> None:
+    if len(prefix) > MAX_PREFIX_CHARS:
+        raise ConfigError(f"option 'key_prefix': at most {MAX_PREFIX_CHARS} characters")
+    if not all(33 <= ord(c) < 127 for c in prefix):
+        raise ConfigError(
+            "option 'key_prefix': only printable ASCII without spaces (memcached keys)"
+        )

@@ -1,0 +1,614 @@
+"""The caching plugin: the whole per-request path, in this one file.
+
+``CachingPlugin`` wraps an IAuthenticator and/or IMetadataProvider. For each call it derives
+an HMAC key from the identity (``keys.py``), fetches the sealed entry together with the
+user's and the namespace's generation tokens in one ``get_multi`` (``backends.py``), and
+either restores the cached result or asks the wrapped plugin once, even when many requests
+miss at the same moment, and seals the answer back (``sealing.py``).
+
+Invalidation without giving up HMAC keys: every entry records the generation tokens that
+were current when it was stored. Invalidating a user replaces that user's token; flushing
+replaces the namespace token. Tokens are random and never reused, and an entry whose token
+is gone (evicted, replaced) is never served, so an evicted token cannot bring back entries
+from before an invalidation.
+
+Everything that can be done once is done in ``__init__`` (option parsing, key derivation,
+client set-up); the request path only hashes, fetches, opens and compares.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from repoze.who.interfaces import IAuthenticator, IMetadataProvider
+from zope.interface import implementer
+
+from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
+from .counters import Counters, RateLimitedLog, register_prometheus
+from .errors import BackendUnavailable, ConfigError
+from .keys import KeyMaker, Unencodable, encode_value
+from .options import Options, build_plugin
+from .sealing import Sealer, Unsealable, tag_tuples
+
+logger = logging.getLogger("repoze_who_memcached")
+
+AUTHENTICATE = "authenticate"
+ADD_METADATA = "add_metadata"
+USERID = "repoze.who.userid"
+# Entries repoze.who (or we) put into identities that say nothing about the credentials.
+BOOKKEEPING_ITEMS = frozenset({"identifier", "authenticator", USERID})
+ENVIRON_KEY = "repoze_who_memcached.cache"
+"""``environ[ENVIRON_KEY]`` maps plugin name to ``{method: outcome}`` for this request,
+outcome one of hit, negative_hit, miss, stale, error, uncached (the demo app shows it)."""
+
+MIN_SECRET_BYTES = 16
+_SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
+_COALESCE_WAIT = 60.0  # a waiter never waits longer than this for another thread's call
+_LOCK_POLL = 0.02
+
+# Field names inside a sealed record (short: they are stored once per entry).
+_USERID, _VALUES, _EXPIRES, _GENERATIONS, _POSITIVE = "u", "v", "x", "g", "p"
+
+
+@dataclass
+class _Outcome:
+    """What one backend call produced, shared with threads that waited for it."""
+
+    userid: Any = None
+    values: dict[str, Any] | None = None
+    failed: bool = False
+
+
+class _Flight:
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome = _Outcome(failed=True)
+
+
+@implementer(IAuthenticator, IMetadataProvider)
+class CachingPlugin:
+    """Caches a wrapped authenticator's and/or metadata provider's answers in memcached.
+
+    Build it with :func:`make_plugin` from ini options; the constructor takes typed values.
+    """
+
+    def __init__(
+        self,
+        *,
+        secret: str | bytes,
+        backend: CacheBackend,
+        authenticator: Any = None,
+        mdprovider: Any = None,
+        authenticator_name: str | None = None,
+        mdprovider_name: str | None = None,
+        key_items: Iterable[str] | None = None,
+        value_items: Iterable[str] | None = None,
+        ttl: int = 60,
+        negative_ttl: int = 0,
+        stale_ttl: int = 0,
+        lock_timeout: int = 0,
+        login_item: str = "login",
+        key_prefix: str = "",
+        name: str = "cache",
+        stats_log_interval: float = 300.0,
+    ) -> None:
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ConfigError(f"option 'secret': at least {MIN_SECRET_BYTES} bytes")
+        self.name = name
+        self.backend = backend
+        self.authenticator = authenticator
+        self.mdprovider = mdprovider
+        self.authenticator_name = authenticator_name
+        self.mdprovider_name = mdprovider_name
+        self.key_items = tuple(key_items) if key_items else None
+        self.value_items = tuple(value_items) if value_items else None
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.stale_ttl = stale_ttl
+        self.lock_timeout = lock_timeout
+        self.login_item = login_item
+        self.counters = Counters(name, logger, stats_log_interval)
+        self._keys = KeyMaker(secret, key_prefix)
+        self._sealer = Sealer(secret)
+        self._namespace_key = self._keys.namespace_generation_key()
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._warn = RateLimitedLog(logger)
+        # With neither a plugin nor a name to find one by, this plugin would silently do
+        # nothing: refuse it at load time.
+        if not (authenticator or mdprovider or authenticator_name or mdprovider_name):
+            raise ConfigError(
+                "set at least one of 'authenticator_name', 'mdprovider_name', "
+                "'authenticator' or 'mdprovider' (the plugin(s) whose results are cached)"
+            )
+
+    def __repr__(self) -> str:
+        return f"<CachingPlugin {self.name!r} at {id(self):#x}>"
+
+    # ---------------------------------------------------------------- wiring (load time)
+
+    def bind(self, plugins: Mapping[str, Any]) -> None:
+        """Resolve ``authenticator_name``/``mdprovider_name`` against a config's plugins.
+
+        Our loaders call this right after parsing, so a wrong name fails at load time. With
+        a stock repoze.who loader the names are resolved on the first request instead.
+        """
+        for attr, name, iface in (
+            ("authenticator", self.authenticator_name, IAuthenticator),
+            ("mdprovider", self.mdprovider_name, IMetadataProvider),
+        ):
+            if name and getattr(self, attr) is None:
+                if name not in plugins:
+                    raise ConfigError(
+                        f"plugin {self.name!r}: option '{attr}_name': no plugin named {name!r} "
+                        f"(known: {', '.join(sorted(plugins)) or 'none'})"
+                    )
+                plugin = plugins[name]
+                if not iface.providedBy(plugin):
+                    raise ConfigError(
+                        f"plugin {self.name!r}: option '{attr}_name': {name!r} does not "
+                        f"provide {iface.__name__}"
+                    )
+                setattr(self, attr, plugin)
+
+    def _wrapped(self, environ: dict, attr: str) -> Any:
+        plugin = getattr(self, attr)
+        if plugin is None:
+            name = getattr(self, attr + "_name")
+            if not name:
+                return None
+            registry = environ.get("repoze.who.plugins") or {}
+            plugin = registry.get(name)
+            if plugin is None:
+                self._warn.warning(
+                    "unbound-" + attr, "cache %s: no plugin named %r to wrap as %s; list it in "
+                    "the config (e.g. '%s;unused')", self.name, name, attr, name,
+                )
+                return None
+            setattr(self, attr, plugin)
+        return plugin
+
+    # ---------------------------------------------------------------- IAuthenticator
+
+    def authenticate(self, environ: dict, identity: dict) -> Any:
+        wrapped = self._wrapped(environ, "authenticator")
+        if wrapped is None:
+            return None
+        items = self._authenticate_items(identity)
+        if items is None:
+            self._record(environ, AUTHENTICATE, "uncached")
+            return self._call_backend(wrapped.authenticate, environ, identity).userid
+        login = identity.get(self.login_item)
+        user_key = self._keys.user_generation_key("login", login) if login is not None else None
+        return self._cached_call(
+            environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key
+        )
+
+    # ---------------------------------------------------------------- IMetadataProvider
+
+    def add_metadata(self, environ: dict, identity: dict) -> None:
+        wrapped = self._wrapped(environ, "mdprovider")
+        if wrapped is None:
+            return
+        userid = identity.get(USERID)
+        items = [(USERID, userid)]
+        if self.key_items:
+            items += [(name, identity.get(name)) for name in self.key_items]
+        try:
+            encode_value(items, [])
+        except (Unencodable, RecursionError):
+            items = None
+        if userid is None or items is None:
+            self._record(environ, ADD_METADATA, "uncached")
+            self._call_backend(wrapped.add_metadata, environ, identity)
+            return
+        user_key = self._keys.user_generation_key("userid", userid)
+        self._cached_call(environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key)
+
+    # ---------------------------------------------------------------- the shared path
+
+    def _authenticate_items(self, identity: dict) -> list[tuple[str, Any]] | None:
+        """(name, value) pairs that key an authentication, or None if they can't be encoded."""
+        if self.key_items:
+            items = [(name, identity.get(name)) for name in self.key_items]
+        else:
+            # Default: every item that is data, in sorted order; plugin objects and
+            # repoze.who's bookkeeping would make keys differ between processes.
+            items = sorted(
+                (name, value)
+                for name, value in identity.items()
+                if name not in BOOKKEEPING_ITEMS
+                and isinstance(name, str)
+                and (isinstance(value, _SIMPLE_TYPES) or _encodable(value))
+            )
+            return items
+        return items if _encodable(items) else None
+
+    def _cached_call(
+        self,
+        environ: dict,
+        identity: dict,
+        method: str,
+        call: Any,
+        items: list[tuple[str, Any]],
+        user_key: str | None,
+    ) -> Any:
+        entry_key = self._keys.entry_key(method, items)
+        generation_keys = [self._namespace_key] + ([user_key] if user_key else [])
+        found = self.backend.get_multi([entry_key, *generation_keys])
+        generations = [found.get(k) for k in generation_keys]
+        record = self._open(entry_key, found.get(entry_key), generations)
+        now = time.time()
+        if record is not None and now < record[_EXPIRES]:
+            positive = record[_POSITIVE]
+            self.counters.incr("hits" if positive else "negative_hits")
+            self._record(environ, method, "hit" if positive else "negative_hit")
+            return self._restore(identity, record)
+
+        self.counters.incr("misses")
+        outcome = self._coalesced_backend_call(
+            entry_key, generation_keys, generations, method, call, environ, identity
+        )
+        if outcome.failed:
+            if (
+                record is not None
+                and record[_POSITIVE]
+                and now < record[_EXPIRES] + self.stale_ttl
+            ):
+                self.counters.incr("stale_served")
+                self._record(environ, method, "stale")
+                self._warn.warning(
+                    "stale-" + method, "cache %s: backend failed, serving an entry expired "
+                    "%.0fs ago (stale_ttl=%ds)", self.name, now - record[_EXPIRES], self.stale_ttl,
+                )
+                return self._restore(identity, record)
+            self._record(environ, method, "error")
+            return None
+        self._record(environ, method, "miss")
+        if outcome.values:
+            identity.update(outcome.values)
+        return outcome.userid
+
+    def _coalesced_backend_call(
+        self,
+        entry_key: str,
+        generation_keys: list[str],
+        generations: list[Any],
+        method: str,
+        call: Any,
+        environ: dict,
+        identity: dict,
+    ) -> _Outcome:
+        """Ask the wrapped plugin once for all threads missing on this key right now."""
+        with self._flights_lock:
+            flight = self._flights.get(entry_key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[entry_key] = _Flight()
+        if not leader:
+            self.counters.incr("coalesced")
+            if flight.done.wait(_COALESCE_WAIT):
+                return flight.outcome
+            return self._call_backend(call, environ, identity)  # the leader is stuck: go alone
+        try:
+            flight.outcome = self._locked_backend_call(
+                entry_key, generation_keys, generations, method, call, environ, identity
+            )
+            return flight.outcome
+        finally:
+            with self._flights_lock:
+                del self._flights[entry_key]
+            flight.done.set()
+
+    def _locked_backend_call(
+        self,
+        entry_key: str,
+        generation_keys: list[str],
+        generations: list[Any],
+        method: str,
+        call: Any,
+        environ: dict,
+        identity: dict,
+    ) -> _Outcome:
+        """With ``lock_timeout``, one process in the cluster asks; the others wait for its entry.
+
+        The lock is a memcached ``add`` that expires after ``lock_timeout`` seconds, so a
+        holder that crashed blocks nobody longer than that.
+        """
+        lock_key = None
+        if self.lock_timeout:
+            lock_key = self._keys.lock_key(entry_key)
+            if not self.backend.add(lock_key, b"1", self.lock_timeout):
+                self.counters.incr("lock_waits")
+                deadline = time.monotonic() + self.lock_timeout
+                while time.monotonic() < deadline:
+                    time.sleep(_LOCK_POLL)
+                    found = self.backend.get_multi([entry_key, *generation_keys])
+                    fresh = [found.get(k) for k in generation_keys]
+                    record = self._open(entry_key, found.get(entry_key), fresh)
+                    if record is not None and time.time() < record[_EXPIRES]:
+                        values = dict(record[_VALUES])
+                        return _Outcome(userid=record.get(_USERID), values=values)
+                lock_key = None  # the holder never delivered: ask ourselves, lock-free
+        try:
+            before = dict(identity)
+            outcome = self._call_backend(call, environ, identity)
+            if not outcome.failed:
+                outcome.values = self._added_values(before, identity)
+                self._store(entry_key, generation_keys, generations, method, outcome)
+            return outcome
+        finally:
+            if lock_key is not None:
+                self.backend.delete(lock_key)
+
+    def _call_backend(self, call: Any, environ: dict, identity: dict) -> _Outcome:
+        """Call the wrapped plugin; an exception becomes a logged failure, never a 500."""
+        self.counters.incr("backend_calls")
+        try:
+            return _Outcome(userid=call(environ, identity))
+        except BackendUnavailable as exc:
+            self.counters.incr("backend_errors")
+            self._warn.warning("backend-unavailable", "cache %s: backend unavailable: %s",
+                               self.name, exc)
+        except Exception:
+            self.counters.incr("backend_errors")
+            logger.exception("cache %s: the wrapped plugin raised; answering None", self.name)
+        return _Outcome(failed=True)
+
+    def _added_values(self, before: dict, identity: dict) -> dict[str, Any]:
+        if self.value_items is not None:
+            return {k: identity[k] for k in self.value_items if k in identity}
+        return {
+            k: v
+            for k, v in identity.items()
+            if k not in BOOKKEEPING_ITEMS and (k not in before or before[k] is not v)
+        }
+
+    # ---------------------------------------------------------------- sealed entries
+
+    def _open(self, entry_key: str, raw: Any, generations: list[Any]) -> dict | None:
+        """The entry's record if it opens and belongs to the current generations."""
+        if raw is None:
+            return None
+        try:
+            record = self._sealer.open(entry_key, raw)
+            stored = record[_GENERATIONS]
+            if not isinstance(record[_EXPIRES], (int, float)):
+                raise Unsealable("bad record")
+        except (Unsealable, ValueError, KeyError, TypeError) as exc:
+            self.counters.incr("bad_values")
+            self._warn.warning("bad-value", "cache %s: ignoring a cached value that does not "
+                               "open (%s): forged, corrupted or from another secret",
+                               self.name, exc)
+            return None
+        if len(stored) != len(generations) or any(
+            current is None or not hmac.compare_digest(_as_bytes(current), token.encode())
+            for current, token in zip(generations, stored, strict=True)
+        ):
+            return None  # invalidated since it was stored
+        return record
+
+    def _restore(self, identity: dict, record: dict) -> Any:
+        values = record[_VALUES]
+        if values:
+            identity.update(values)
+        return record.get(_USERID)
+
+    def _store(
+        self,
+        entry_key: str,
+        generation_keys: list[str],
+        generations: list[Any],
+        method: str,
+        outcome: _Outcome,
+    ) -> None:
+        positive = method == ADD_METADATA or outcome.userid is not None
+        ttl = self.ttl if positive else self.negative_ttl
+        if not ttl:
+            return
+        values = outcome.values or {}
+        unfit = [k for k, v in values.items() if not _cacheable(v)]
+        if unfit or not _cacheable(outcome.userid):
+            self._warn.warning(
+                "uncacheable", "cache %s: not caching: item(s) %s hold values that are not "
+                "plain data; set value_items to what should be cached",
+                self.name, ", ".join(sorted(unfit)) or USERID,
+            )
+            return
+        tokens = [
+            _as_bytes(current) if current is not None else self._create_generation(key)
+            for key, current in zip(generation_keys, generations, strict=True)
+        ]
+        if any(t is None for t in tokens):
+            return  # memcached is unreachable: nothing to store into
+        record = {
+            _USERID: outcome.userid,
+            _VALUES: tag_tuples(values),
+            _EXPIRES: time.time() + ttl,
+            _GENERATIONS: [t.decode("ascii") for t in tokens],
+            _POSITIVE: positive,
+        }
+        expire = ttl + (self.stale_ttl if positive else 0)
+        if not self.backend.set(entry_key, self._sealer.seal(entry_key, record), expire):
+            self.counters.incr("cache_errors")
+
+    def _create_generation(self, key: str) -> bytes | None:
+        """First use of a generation: create its token (or read the one a rival created)."""
+        token = _new_token()
+        if self.backend.add(key, token, 0):
+            return token
+        current = self.backend.get_multi([key]).get(key)
+        return _as_bytes(current) if current is not None else None
+
+    # ---------------------------------------------------------------- operations
+
+    def invalidate_user(self, login: Any = None, userid: Any = None) -> None:
+        """Make every cached entry of this user unusable at once, on every server.
+
+        ``login`` drops cached authentications (whatever passwords were used), ``userid``
+        cached metadata. Either may be None.
+        """
+        for kind, name in (("login", login), ("userid", userid)):
+            if name is not None:
+                key = self._keys.user_generation_key(kind, name)
+                if not self.backend.set(key, _new_token(), 0):
+                    raise RuntimeError(f"cache {self.name}: memcached did not store the "
+                                       f"new generation for {kind} (is it up?)")
+        self.counters.incr("invalidations")
+
+    def invalidate_all(self) -> None:
+        """Drop everything this plugin cached (not other applications' data)."""
+        if not self.backend.set(self._namespace_key, _new_token(), 0):
+            raise RuntimeError(f"cache {self.name}: memcached did not store the new namespace "
+                               "generation (is it up?)")
+        self.counters.incr("invalidations")
+
+    def _record(self, environ: dict, method: str, outcome: str) -> None:
+        environ.setdefault(ENVIRON_KEY, {}).setdefault(self.name, {})[method] = outcome
+
+    def _report_cache_error(self, server: str, message: str) -> None:
+        self.counters.incr("cache_errors")
+        self._warn.warning("cache-error-" + server, "cache %s: memcached %s: %s",
+                           self.name, server, message)
+
+
+def _new_token() -> bytes:
+    return secrets.token_urlsafe(12).encode("ascii")
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace")
+    return repr(value).encode()
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        encode_value(value, [])
+    except (Unencodable, RecursionError):
+        return False
+    return True
+
+
+def _cacheable(value: Any) -> bool:
+    """Plain data that survives sealing unchanged (dict keys must be str for JSON)."""
+    if isinstance(value, _SIMPLE_TYPES):
+        return not isinstance(value, float) or value == value
+    if isinstance(value, (list, tuple)):
+        return all(_cacheable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _cacheable(v) for k, v in value.items())
+    return False
+
+
+# -------------------------------------------------------------------- the ini factory
+
+CLIENT_CHOICES = tuple(BACKENDS)
+
+
+def make_plugin(**options: Any) -> CachingPlugin:
+    """Build a :class:`CachingPlugin` from ini-style string options (see README.rst).
+
+    Options of the 2011 plugin keep their names and meaning: ``memcached_urls``,
+    ``authenticator_name``, ``mdprovider_name``, ``key_items``, ``value_items``, ``secret``,
+    ``ttl``. Every value is checked here, so a bad config fails when it is loaded.
+    """
+    opts = Options(options, f"[plugin:{options.get('name', 'cache')}]")
+    name = opts.str("name", "cache") or "cache"
+    secret = opts.secret("secret", "secret_file", min_bytes=MIN_SECRET_BYTES)
+    urls = opts.list("memcached_urls", ["127.0.0.1:11211"]) or []
+    if not urls:
+        raise opts.error("memcached_urls", "needs at least one host:port")
+    socket_timeout = opts.float("socket_timeout", 0.5, minimum=0.001, maximum=60)
+    settings = BackendSettings(
+        servers=tuple(ServerAddress.parse(u) for u in urls),
+        socket_timeout=socket_timeout,
+        connect_timeout=opts.float("connect_timeout", socket_timeout, minimum=0.001, maximum=60),
+        dead_retry=opts.float("dead_retry", 10.0, minimum=0, maximum=3600),
+        tls_ca_file=_existing_file(opts, "memcached_tls_ca_file"),
+        tls_cert_file=_existing_file(opts, "memcached_tls_cert_file"),
+        tls_key_file=_existing_file(opts, "memcached_tls_key_file"),
+        tls_verify=opts.bool("memcached_tls_verify", True),
+        max_pool_size=opts.int("max_pool_size", 32, minimum=1, maximum=4096),
+    )
+    client = opts.choice("memcached_client", "python-memcached", CLIENT_CHOICES)
+    if settings.tls and client != "pymemcache":
+        raise opts.error("memcached_client", "TLS to memcached needs memcached_client = pymemcache")
+    if settings.tls_key_file and not settings.tls_cert_file:
+        raise opts.error("memcached_tls_key_file", "needs memcached_tls_cert_file")
+
+    authenticator = _inline_plugin(opts, "authenticator")
+    mdprovider = _inline_plugin(opts, "mdprovider")
+    prometheus = opts.bool("prometheus", False)
+    kwargs: dict[str, Any] = dict(
+        secret=secret,
+        authenticator=authenticator,
+        mdprovider=mdprovider,
+        authenticator_name=opts.str("authenticator_name") or None,
+        mdprovider_name=opts.str("mdprovider_name") or None,
+        key_items=opts.list("key_items"),
+        value_items=opts.list("value_items"),
+        ttl=opts.int("ttl", 60, minimum=1, maximum=365 * 24 * 3600),
+        negative_ttl=opts.int("negative_ttl", 0, minimum=0, maximum=24 * 3600),
+        stale_ttl=opts.int("stale_ttl", 0, minimum=0, maximum=30 * 24 * 3600),
+        lock_timeout=opts.int("lock_timeout", 0, minimum=0, maximum=600),
+        login_item=opts.str("login_item", "login") or "login",
+        key_prefix=opts.str("key_prefix", "") or "",
+        name=name,
+        stats_log_interval=opts.float("stats_log_interval", 300.0, minimum=0),
+    )
+    if authenticator is not None and kwargs["authenticator_name"]:
+        raise opts.error("authenticator", "give 'authenticator' or 'authenticator_name', not both")
+    if mdprovider is not None and kwargs["mdprovider_name"]:
+        raise opts.error("mdprovider", "give 'mdprovider' or 'mdprovider_name', not both")
+    opts.finish()
+
+    holder: list[CachingPlugin] = []
+
+    def report(server: str, message: str) -> None:
+        if holder:
+            holder[0]._report_cache_error(server, message)
+
+    backend = BACKENDS[client](settings, report)
+    plugin = CachingPlugin(backend=backend, **kwargs)
+    holder.append(plugin)
+    if prometheus and not register_prometheus(plugin.counters):
+        raise ConfigError(f"{opts.where}: option 'prometheus': prometheus_client is not installed")
+    return plugin
+
+
+def _inline_plugin(opts: Options, option: str) -> Any:
+    """``authenticator = module:factory`` plus ``authenticator.OPTION = value`` lines."""
+    spec = opts.str(option)
+    sub_options = opts.pop_prefixed(option)
+    if not spec:
+        if sub_options:
+            raise opts.error(f"{option}.{next(iter(sub_options))}", f"given without '{option}'")
+        return None
+    plugin = build_plugin(spec, sub_options, option)
+    iface = IAuthenticator if option == "authenticator" else IMetadataProvider
+    if not iface.providedBy(plugin):
+        raise opts.error(option, f"{spec!r} made {plugin!r}, which does not provide "
+                         f"{iface.__name__}")
+    return plugin
+
+
+def _existing_file(opts: Options, name: str) -> str | None:
+    path = opts.str(name)
+    if path and not os.path.isfile(path):
+        raise opts.error(name, f"no such file {path!r}")
+    return path or None

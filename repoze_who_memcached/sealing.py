@@ -1,0 +1,87 @@
+"""Sealed cache values: AES-256-GCM, bound to the key they are stored under.
+
+Whoever can read memcached must learn nothing (userid, metadata, even whether an entry is a
+denial); whoever can write it must not be able to forge, alter or move an entry. AES-GCM
+gives confidentiality and integrity; using the memcached key as associated data makes a
+value copied to another key fail to open. The plaintext is JSON (never pickle): even a
+value that opens is only ever data.
+
+Layout: ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. Nonces are random; a
+single secret can seal some 2**32 values before its nonces risk repeating, so rotate
+``secret`` long before that (a busy site's misses take years to get there).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .keys import derive_subkey
+
+FORMAT_VERSION = b"\x01"
+NONCE_BYTES = 12
+_TAG_BYTES = 16
+_MIN_SEALED = 1 + NONCE_BYTES + _TAG_BYTES
+_BYTES_TAG = "\x00bytes"
+_TUPLE_TAG = "\x00tuple"
+
+
+class Unsealable(ValueError):
+    """A stored value that did not open: garbage, truncated, forged or moved."""
+
+
+class Sealer:
+    def __init__(self, secret: bytes) -> None:
+        self._aead = AESGCM(derive_subkey(secret, "seal"))
+
+    def seal(self, key: str, record: dict[str, Any]) -> bytes:
+        plaintext = json.dumps(record, separators=(",", ":"), default=_encode_extra).encode()
+        nonce = os.urandom(NONCE_BYTES)
+        return FORMAT_VERSION + nonce + self._aead.encrypt(nonce, plaintext, key.encode())
+
+    def open(self, key: str, sealed: Any) -> dict[str, Any]:
+        if not isinstance(sealed, (bytes, bytearray)):
+            raise Unsealable(f"not bytes but {type(sealed).__name__}")
+        if len(sealed) < _MIN_SEALED or sealed[:1] != FORMAT_VERSION:
+            raise Unsealable("bad format")
+        nonce = bytes(sealed[1 : 1 + NONCE_BYTES])
+        try:
+            plaintext = self._aead.decrypt(nonce, bytes(sealed[1 + NONCE_BYTES :]), key.encode())
+        except InvalidTag:
+            raise Unsealable("authentication failed") from None
+        record = json.loads(plaintext, object_hook=_decode_extra)
+        if not isinstance(record, dict):
+            raise Unsealable("bad record")
+        return record
+
+
+def _encode_extra(value: Any) -> Any:
+    """JSON has no bytes or tuples; identities may hold both (LDAP values can be bytes)."""
+    if isinstance(value, (bytes, bytearray)):
+        return {_BYTES_TAG: base64.b64encode(bytes(value)).decode()}
+    raise TypeError(f"{type(value).__name__} cannot be cached")
+
+
+def _decode_extra(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1:
+        if _BYTES_TAG in obj:
+            return base64.b64decode(obj[_BYTES_TAG])
+        if _TUPLE_TAG in obj:
+            return tuple(obj[_TUPLE_TAG])
+    return obj
+
+
+def tag_tuples(value: Any) -> Any:
+    """Mark tuples so they come back as tuples (json would turn them into lists)."""
+    if isinstance(value, tuple):
+        return {_TUPLE_TAG: [tag_tuples(v) for v in value]}
+    if isinstance(value, list):
+        return [tag_tuples(v) for v in value]
+    if isinstance(value, dict):
+        return {k: tag_tuples(v) for k, v in value.items()}
+    return value

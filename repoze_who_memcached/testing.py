@@ -1,0 +1,481 @@
+"""Private memcached and slapd servers for tests, demos and your own test suites.
+
+Each server runs from Debian's package, listens on a free loopback port, keeps its state in
+a temporary folder and is stopped (by its own pid) when the context manager exits::
+
+    from repoze_who_memcached.testing import MemcachedServer
+
+    with MemcachedServer() as memcached:
+        plugin = make_plugin(memcached_urls=memcached.url, ...)
+
+Servers can also be paused (SIGSTOP, to imitate a hung server), resumed, stopped and
+started again on the same port mid-test. Nothing here is a fake: the point is to test
+against the real thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+LOOPBACK = "127.0.0.1"
+MEMCACHED_PROGRAM = "/usr/bin/memcached"
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port nobody listens on right now (the kernel's pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0, proc=None) -> None:
+    """Block until something accepts connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
+            time.sleep(0.01)
+
+
+def make_self_signed_certificate(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
+    """Write ``cert.pem`` and ``key.pem`` for ``hostname`` and 127.0.0.1; returns both paths.
+
+    The certificate is its own CA, so clients verify it with ``ca_file = cert.pem``.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
+class _ServerProcess:
+    """Start/stop/pause plumbing shared by the servers below."""
+
+    name = "server"
+
+    def __init__(self, host: str = LOOPBACK, port: int | None = None, workdir: Path | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"rwm-{self.name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    # -- to be provided by subclasses ------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        """Create files the server needs before its first start."""
+
+    # -- life cycle ------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> _ServerProcess:
+        if self.running:
+            return self
+        self._log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            wait_for_port(self.host, self.port, timeout, self.process)
+        except Exception:
+            self.stop()
+            raise RuntimeError(f"{self.name} failed to start: {self.read_log()[-2000:]}") from None
+        return self
+
+    def stop(self) -> None:
+        """Terminate the server (and resume it first if it was paused)."""
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: the port still accepts connections but nothing answers (a hung server)."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGCONT)
+
+    def read_log(self) -> str:
+        path = self.workdir / f"{self.name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        self.prepare()
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class MemcachedServer(_ServerProcess):
+    """A private memcached (Debian's ``/usr/bin/memcached``) on a loopback port.
+
+    ``tls=True`` starts it with ``-Z`` and a self-signed certificate made on the spot;
+    ``ca_file`` is then the file clients must trust.
+    """
+
+    name = "memcached"
+
+    def __init__(
+        self,
+        host: str = LOOPBACK,
+        port: int | None = None,
+        *,
+        tls: bool = False,
+        memory_mb: int = 64,
+        workdir: Path | None = None,
+        program: str = MEMCACHED_PROGRAM,
+    ) -> None:
+        super().__init__(host, port, workdir)
+        self.tls = tls
+        self.memory_mb = memory_mb
+        self.program = program
+        self.cert_file: Path | None = None
+        self.key_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        """``host:port``, the form ``memcached_urls`` takes."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        return self.cert_file
+
+    def prepare(self) -> None:
+        if not os.path.exists(self.program):
+            raise RuntimeError(f"{self.program} not found: apt-get install memcached")
+        if self.tls and self.cert_file is None:
+            self.cert_file, self.key_file = make_self_signed_certificate(self.workdir / "tls")
+
+    def command(self) -> list[str]:
+        cmd = [self.program, "-l", self.host, "-p", str(self.port), "-U", "0",
+               "-m", str(self.memory_mb), "-t", "2"]
+        if os.geteuid() == 0:
+            cmd += ["-u", "root"]
+        if self.tls:
+            cmd += ["-Z", "-o", f"ssl_chain_cert={self.cert_file},ssl_key={self.key_file}"]
+        return cmd
+
+    def flush(self) -> None:
+        """``flush_all`` over a raw socket (plain-text servers only)."""
+        self.raw_command(b"flush_all\r\n")
+
+    def raw_command(self, command: bytes) -> bytes:
+        """Send one raw protocol command and return the reply (plain-text servers only)."""
+        with socket.create_connection((self.host, self.port), timeout=5) as s:
+            s.sendall(command)
+            reply = b""
+            while not reply.endswith((b"END\r\n", b"OK\r\n", b"STORED\r\n", b"NOT_STORED\r\n",
+                                      b"DELETED\r\n", b"NOT_FOUND\r\n", b"ERROR\r\n")):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply
+
+    def stored_keys(self) -> list[str]:
+        """Every key the server holds (``lru_crawler metadump all``), for attack tests."""
+        with socket.create_connection((self.host, self.port), timeout=5) as s:
+            s.sendall(b"lru_crawler metadump all\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        from urllib.parse import unquote
+
+        keys = []
+        for line in data.decode().splitlines():
+            if line.startswith("key="):
+                keys.append(unquote(line.split()[0][4:]))
+        return keys
+
+    def get_raw(self, key: str) -> bytes | None:
+        reply = self.raw_command(b"get " + key.encode() + b"\r\n")
+        if not reply.startswith(b"VALUE "):
+            return None
+        header, _, rest = reply.partition(b"\r\n")
+        length = int(header.split()[3])
+        return rest[:length]
+
+    def set_raw(self, key: str, value: bytes, flags: int = 0, expire: int = 0) -> None:
+        """Write bytes straight into memcached, as an attacker with network access could."""
+        reply = self.raw_command(
+            b"set %s %d %d %d\r\n%s\r\n" % (key.encode(), flags, expire, len(value), value)
+        )
+        if reply != b"STORED\r\n":
+            raise RuntimeError(f"set failed: {reply!r}")
+
+
+SLAPD_PROGRAM = "/usr/sbin/slapd"
+SLAPADD_PROGRAM = "/usr/sbin/slapadd"
+SAMPLE_SUFFIX = "dc=example,dc=org"
+SAMPLE_LDIF = Path(__file__).parent / "data" / "sample_users.ldif"
+# The service account in the sample data (read access to everything but password hashes).
+SAMPLE_READER_DN = "cn=reader,ou=system," + SAMPLE_SUFFIX
+SAMPLE_READER_PASSWORD = "reader-secret"  # noqa: S105 - public test data
+# login -> password of the sample users (``twin`` matches two entries: it must never log in).
+SAMPLE_USERS = {
+    "alice": "wonderland",
+    "bob": "builder",
+    "zo\u00eb": "p\u00e4ssw\u00f6rd",
+    "carol": "carol-pw",
+    "twin": "twin-password",
+}
+
+
+class SlapdServer(_ServerProcess):
+    """A private OpenLDAP server (Debian's ``/usr/sbin/slapd``) on a loopback port.
+
+    Its ``slapd.conf``, database and log live in ``workdir``. The data (``ldif``; by default
+    the packaged sample users, see ``data/sample_users.ldif``) is loaded offline with
+    ``slapadd`` before the first start only, so a persistent ``workdir`` keeps its data over
+    restarts. slapd runs in the foreground (``-d 256``: the "stats" log level, which also logs
+    every operation to ``slapd.log``; :meth:`bind_count` reads it), so the process we manage is
+    slapd itself and SIGSTOP/SIGTERM reach it directly.
+
+    ``tls=True`` adds a self-signed certificate (``ca_file`` is what clients must trust) for
+    STARTTLS and ``security simple_bind=128``: a simple bind with a password is then refused
+    (confidentialityRequired) unless the connection is encrypted.
+
+    ACLs: anyone may authenticate against ``userPassword`` (nobody may read it); anyone may
+    see the entries and ``uid`` of ``ou=people``; ``cn=reader,ou=system,SUFFIX`` and each user
+    (for their own entry) may read the rest. The root DN bypasses ACLs.
+    """
+
+    name = "slapd"
+
+    def __init__(
+        self,
+        host: str = LOOPBACK,
+        port: int | None = None,
+        *,
+        workdir: Path | None = None,
+        suffix: str = SAMPLE_SUFFIX,
+        ldif: str | os.PathLike[str] | None = None,
+        tls: bool = False,
+        program: str = SLAPD_PROGRAM,
+    ) -> None:
+        super().__init__(host, port, workdir)
+        if ldif is None and suffix != SAMPLE_SUFFIX:
+            raise ValueError(
+                f"the sample users live under {SAMPLE_SUFFIX}; give ldif= for {suffix}"
+            )
+        self.suffix = suffix
+        self.ldif = Path(ldif) if ldif is not None else SAMPLE_LDIF
+        self.tls = tls
+        self.program = program
+        self.root_dn = f"cn=admin,{suffix}"
+        self.root_password = "admin-" + secrets.token_urlsafe(12)
+        self.users_base_dn = f"ou=people,{suffix}"
+        self.groups_base_dn = f"ou=groups,{suffix}"
+        self.reader_dn = f"cn=reader,ou=system,{suffix}"
+        self.reader_password = SAMPLE_READER_PASSWORD
+        self.cert_file: Path | None = None
+        self.key_file: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ldap://{self.host}:{self.port}"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The self-signed certificate clients must trust (``tls=True`` only)."""
+        return self.cert_file
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "slapd.conf"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.workdir / "db"
+
+    def prepare(self) -> None:
+        """Write ``slapd.conf`` (every time: cheap) and load the data (the first time only)."""
+        for program in (self.program, SLAPADD_PROGRAM):
+            if not os.path.exists(program):
+                raise RuntimeError(f"{program} not found: apt-get install slapd ldap-utils")
+        if self.tls and self.cert_file is None:
+            self.cert_file, self.key_file = make_self_signed_certificate(self.workdir / "tls")
+        self.db_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self._config_text(), encoding="utf-8")
+        self.config_file.chmod(0o600)  # it holds the root password
+        if not (self.db_dir / "data.mdb").exists():
+            result = subprocess.run(
+                [SLAPADD_PROGRAM, "-q", "-f", str(self.config_file), "-l", str(self.ldif)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if result.returncode != 0:
+                for leftover in self.db_dir.iterdir():
+                    leftover.unlink()
+                raise RuntimeError(f"slapadd failed ({result.returncode}): {result.stderr}")
+
+    def start(self, timeout: float = 10.0) -> SlapdServer:
+        self.prepare()
+        super().start(timeout)
+        return self
+
+    def command(self) -> list[str]:
+        # -d keeps slapd in the foreground; 256 is the "stats" level (connections, binds,
+        # searches and their results), which is what bind_count() reads.
+        return [self.program, "-f", str(self.config_file), "-h", f"{self.url}/", "-d", "256"]
+
+    def bind_count(self, dn: str | None = None, *, settle: float = 0.05) -> int:
+        """How many binds with a DN (anonymous ones not counted) have succeeded so far.
+
+        ``dn`` counts only binds as that DN (compared as slapd logs it: normalised, so
+        lower-case attribute types and values as given). slapd writes its log just after it
+        answers, so this waits until the log has been quiet for ``settle`` seconds.
+        """
+        self._wait_for_quiet_log(settle)
+        bind_dns: dict[tuple[str, str], str] = {}
+        count = 0
+        for line in self.read_log().splitlines():
+            parts = line.split()
+            conn = next((p for p in parts if p.startswith("conn=")), None)
+            op = next((p for p in parts if p.startswith("op=")), None)
+            if conn is None or op is None:
+                continue
+            if " BIND dn=" in line and "method=" in line:
+                bind_dns[(conn, op)] = line.split(' BIND dn="', 1)[1].rsplit('" method=', 1)[0]
+            elif " RESULT tag=97 err=0 " in line:
+                bound = bind_dns.get((conn, op), "")
+                if bound and (dn is None or bound.lower() == dn.lower()):
+                    count += 1
+        return count
+
+    def _wait_for_quiet_log(self, settle: float, limit: float = 1.0) -> None:
+        path = self.workdir / f"{self.name}.log"
+        deadline = time.monotonic() + limit
+        size = -1
+        while time.monotonic() < deadline:
+            new_size = path.stat().st_size if path.exists() else 0
+            if new_size == size:
+                return
+            size = new_size
+            time.sleep(settle)
+
+    def _config_text(self) -> str:
+        schema = "/etc/ldap/schema"
+        tls = ""
+        if self.tls:
+            tls = (
+                f'TLSCertificateFile "{self.cert_file}"\n'
+                f'TLSCertificateKeyFile "{self.key_file}"\n'
+                "# a simple bind with a password needs an encrypted connection\n"
+                "security simple_bind=128\n"
+            )
+        return f"""\
+# Written by repoze_who_memcached.testing.SlapdServer; rewritten on every start.
+include {schema}/core.schema
+include {schema}/cosine.schema
+include {schema}/nis.schema
+include {schema}/inetorgperson.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile "{self.workdir / "slapd.pid"}"
+argsfile "{self.workdir / "slapd.args"}"
+{tls}
+database mdb
+maxsize 67108864
+suffix "{self.suffix}"
+rootdn "{self.root_dn}"
+rootpw "{self.root_password}"
+directory "{self.db_dir}"
+
+access to attrs=userPassword
+    by anonymous auth
+    by * none
+access to dn.base="{self.suffix}" attrs=entry,objectClass
+    by * read
+access to dn.subtree="{self.users_base_dn}" attrs=entry,uid,objectClass
+    by * read
+access to *
+    by dn.exact="{self.reader_dn}" read
+    by self read
+    by * none
+"""

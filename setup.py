@@ -1,0 +1,86 @@
+"""Packaging for repoze_who_memcached (metadata lives here; tool settings in pyproject.toml)."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def package_templates() -> list[tuple[str, list[str]]]:
+    """Install ``paster_templates/`` beside the package, file for file, never a ``__pycache__``."""
+    result: dict[str, list[str]] = {}
+    for path in sorted((HERE / "paster_templates").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            rel = path.relative_to(HERE)
+            target = str(Path("share/repoze_who_memcached") / rel.parent)
+            result.setdefault(target, []).append(str(rel))
+    return sorted(result.items())
+
+
+setup(
+    name="repoze_who_memcached",
+    version="1.0.0.dev0",
+    description="A repoze.who plugin that caches another authenticator's and metadata "
+    "provider's results in memcached, sealed and keyed by HMAC; with an LDAP backend, "
+    "a PasteDeploy filter and a PasteScript template.",
+    long_description=(HERE / "README.rst").read_text(encoding="utf-8"),
+    long_description_content_type="text/x-rst",
+    license="MPL-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["repoze_who_memcached", "repoze_who_memcached.*"]),
+    include_package_data=True,
+    data_files=package_templates(),
+    install_requires=[
+        "repoze.who>=3.0",
+        "zope.interface>=5",
+        "WebOb>=1.8",
+        "cryptography>=41",
+        "python-memcached>=1.60",
+        "ldap3>=2.9",
+        "PasteDeploy>=3.0",
+    ],
+    extras_require={
+        "pymemcache": ["pymemcache>=4.0"],
+        "prometheus": ["prometheus_client>=0.17"],
+        "paster": ["PasteScript>=3.6", "waitress>=2.1", "setuptools>=76,<81"],
+        "test": [
+            "pytest>=7",
+            "WebTest>=3.0",
+            "hypothesis>=6",
+            "pymemcache>=4.0",
+            "prometheus_client>=0.17",
+            "PasteScript>=3.6",
+            "waitress>=2.1",
+            "ruff>=0.5",
+            "build>=1.0",
+        ],
+        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0"],
+    },
+    entry_points={
+        "paste.filter_factory": [
+            "main = repoze_who_memcached.pipeline:make_filter",
+        ],
+        "paste.app_factory": [
+            "demo = repoze_who_memcached.demo:make_app",
+        ],
+        "repoze_who_memcached.plugins": [
+            "cache = repoze_who_memcached:make_plugin",
+            "ldap_authenticator = repoze_who_memcached.ldap:make_authenticator",
+            "ldap_metadata = repoze_who_memcached.ldap:make_metadata_provider",
+        ],
+        "paste.paster_create_template": [
+            "repoze_who_memcached_ldap = repoze_who_memcached.scaffold:LdapDeploymentTemplate",
+        ],
+        "console_scripts": [
+            "repoze-who-memcached = repoze_who_memcached.cli:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Paste",
+        "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
+        "Topic :: System :: Systems Administration :: Authentication/Directory :: LDAP",
+    ],
+)

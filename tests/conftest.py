@@ -1,0 +1,36 @@
+"""Shared fixtures: real memcached servers (Debian's package) on free loopback ports."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from repoze_who_memcached.testing import MemcachedServer
+
+if importlib.util.find_spec("ldap_fixtures"):  # TEMP until the LDAP fixtures land
+    pytest_plugins = ["ldap_fixtures"]
+
+SECRET = "test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def memcached_session():
+    with MemcachedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def memcached(memcached_session):
+    """The session's memcached, emptied for each test."""
+    if not memcached_session.running:
+        memcached_session.start()
+    memcached_session.flush()
+    return memcached_session
+
+
+@pytest.fixture
+def private_memcached():
+    """A memcached of this test's own, for tests that stop, pause or restart it."""
+    with MemcachedServer() as server:
+        yield server
