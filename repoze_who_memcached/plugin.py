@@ -476,7 +476,11 @@ class CachingPlugin:
         self.counters.incr("invalidations")
 
     def _record(self, environ: dict, method: str, outcome: str) -> None:
+        """Tell the app (and the DEBUG log) what the cache did; never what the identity is."""
         environ.setdefault(ENVIRON_KEY, {}).setdefault(self.name, {})[method] = outcome
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("cache %s: %s %s %s", self.name, method, outcome,
+                         environ.get("PATH_INFO", ""))
 
     def _report_cache_error(self, server: str, message: str) -> None:
         self.counters.incr("cache_errors")

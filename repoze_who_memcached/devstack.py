@@ -1,0 +1,82 @@
+"""Run a command with a private memcached and slapd for development (``make serve``).
+
+    python -m repoze_who_memcached.devstack --var ./var -- paster serve development.ini
+
+Both servers keep their state under ``--var`` (so a restart finds the same users), listen on
+the fixed loopback ports development.ini expects, and are stopped, by their own pids, when
+the command ends or on Ctrl-C. A random cache secret is created in ``var/secret`` on the first
+run: development.ini reads it with ``secret_file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .testing import MemcachedServer, SlapdServer
+
+MEMCACHED_PORT = 22122
+SLAPD_PORT = 3890
+
+
+def ensure_secret(path: Path) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m repoze_who_memcached.devstack",
+        description="Start a private memcached and slapd, run COMMAND, stop them afterwards.",
+    )
+    parser.add_argument("--var", default="var", help="state folder (default: ./var)")
+    parser.add_argument("--memcached-port", type=int, default=MEMCACHED_PORT)
+    parser.add_argument("--slapd-port", type=int, default=SLAPD_PORT)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    var = Path(args.var).resolve()
+    ensure_secret(var / "secret")
+    memcached = MemcachedServer(port=args.memcached_port, workdir=var / "memcached")
+    slapd = SlapdServer(port=args.slapd_port, workdir=var / "slapd")
+    try:
+        memcached.prepare()
+        memcached.start()
+        slapd.prepare()
+        slapd.start()
+    except Exception as exc:
+        memcached.stop()
+        slapd.stop()
+        print(f"devstack: {exc}", file=sys.stderr)
+        return 1
+    print(f"devstack: memcached on {memcached.url}, slapd on {slapd.url} (state in {var})",
+          flush=True)
+    try:
+        if not command:
+            signal.pause()
+            return 0
+        child = subprocess.Popen(command)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return child.wait(10)
+            child.terminate()
+            return child.wait()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        slapd.stop()
+        memcached.stop()
+        print("devstack: memcached and slapd stopped", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The whole repoze.who stack from one PasteDeploy section, or from a who.ini, failing loudly.
+
+Two routes to the same middleware:
+
+* ``[filter:auth] use = egg:repoze_who_memcached`` with every option inline: identifiers
+  and challengers (basic auth by default), the wrapped authenticator and metadata provider
+  with their options, and the cache options (see README.rst).
+* ``config_file = %(here)s/who.ini``: a classic who.ini, loaded by :func:`load_who_config`.
+
+Unlike repoze.who's own loaders, a missing file, an unknown option or a bad value raises
+:class:`ConfigError` at load time (repoze.who's ``make_api_factory_with_config`` quietly
+builds a middleware that never authenticates anyone). And the middleware does at load time
+what stock repoze.who repeats on every request: verifying every plugin's interfaces
+(about 70% of its per-request overhead) and building the plugin registries.
+"""
+
+from __future__ import annotations
+
+import configparser
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from repoze.who.api import API, APIFactory, make_registries
+from repoze.who.classifiers import default_challenge_decider, default_request_classifier
+from repoze.who.config import WhoConfig
+from repoze.who.interfaces import IAuthenticator, IChallenger, IIdentifier, IMetadataProvider
+from repoze.who.middleware import PluggableAuthenticationMiddleware
+
+from .errors import ConfigError
+from .options import Options, build_plugin, resolve_object
+from .plugin import CachingPlugin, make_plugin
+
+logger = logging.getLogger("repoze_who_memcached")
+
+# Plugins the filter knows by name; ``plugin.NAME = module:factory`` adds others.
+BUILTIN_PLUGINS = {
+    "basicauth": "repoze.who.plugins.basicauth:make_plugin",
+    "auth_tkt": "repoze.who.plugins.auth_tkt:make_plugin",
+    "redirector": "repoze.who.plugins.redirector:make_plugin",
+}
+DEFAULT_REALM = "repoze_who_memcached"
+
+PluginList = list[tuple[str, Any]]
+
+
+# ------------------------------------------------------------------ load-time middleware
+
+
+class PrebuiltAPIFactory(APIFactory):
+    """An ``APIFactory`` whose plugin registries are built and verified once, at load time.
+
+    Stock ``API.__init__`` calls ``make_registries`` (``verifyObject`` on every plugin) for
+    each request; ours hands every request the registries made here.
+    """
+
+    def __init__(self, identifiers, authenticators, challengers, mdproviders,
+                 request_classifier, challenge_decider, remote_user_key="REMOTE_USER",
+                 logger=None) -> None:
+        super().__init__(identifiers, authenticators, challengers, mdproviders,
+                         request_classifier, challenge_decider, remote_user_key, logger)
+        try:
+            self.interface_registry, self.name_registry = make_registries(
+                identifiers, authenticators, challengers, mdproviders
+            )
+        except ValueError as exc:
+            raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
+
+    def __call__(self, environ: dict) -> API:
+        api = environ.get("repoze.who.api")
+        if api is None:
+            api = environ["repoze.who.api"] = _PrebuiltAPI(environ, self)
+        return api
+
+
+class _PrebuiltAPI(API):
+    def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:  # noqa: D107
+        # Same attributes as repoze.who's API.__init__, minus the per-request verification.
+        self.environ = environ
+        self.interface_registry = factory.interface_registry
+        self.name_registry = dict(factory.name_registry)
+        self.identifiers = factory.identifiers
+        self.authenticators = factory.authenticators
+        self.challengers = factory.challengers
+        self.mdproviders = factory.mdproviders
+        self.challenge_decider = factory.challenge_decider
+        self.remote_user_key = factory.remote_user_key
+        self.logger = factory.logger
+        classifier = factory.request_classifier
+        self.classification = classifier(environ) if classifier else None
+        if self.logger:
+            self.logger.info(f"request classification: {self.classification}")
+
+
+class AuthMiddleware(PluggableAuthenticationMiddleware):
+    """repoze.who's middleware with registries prebuilt (see :class:`PrebuiltAPIFactory`)."""
+
+    def __init__(self, app, identifiers, authenticators, challengers, mdproviders,
+                 request_classifier=None, challenge_decider=None, log_stream=None,
+                 log_level=logging.INFO, remote_user_key="REMOTE_USER") -> None:
+        request_classifier = request_classifier or default_request_classifier
+        challenge_decider = challenge_decider or default_challenge_decider
+        super().__init__(app, identifiers, authenticators, challengers, mdproviders,
+                         request_classifier, challenge_decider, log_stream, log_level,
+                         remote_user_key)
+        self.api_factory = PrebuiltAPIFactory(
+            identifiers, authenticators, challengers, mdproviders, request_classifier,
+            challenge_decider, remote_user_key, self.logger,
+        )
+        self.cache_plugins = [p for _, p in authenticators + mdproviders
+                              if isinstance(p, CachingPlugin)]
+
+
+# ------------------------------------------------------------------ who.ini route
+
+
+def load_who_config(path: str, here: str | None = None) -> WhoConfig:
+    """Parse a who.ini strictly and wire our cache plugins to the plugins they wrap.
+
+    * a missing or unparsable file is a :class:`ConfigError` (never an empty config);
+    * ``authenticator_name``/``mdprovider_name`` must name a ``[plugin:x]`` section;
+    * plugins reached only through a cache plugin are dropped from the authenticator and
+      metadata provider lists, so they are not called uncached as well, and the 2011 trick
+      (``ldap;unused``) works even with no request classifier.
+    """
+    if not os.path.isfile(path):
+        raise ConfigError(f"config_file: no such file {path!r}")
+    parser = WhoConfig(here or os.path.dirname(os.path.abspath(path)))
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.parse(f)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (configparser.Error, ImportError, AttributeError, ValueError, TypeError,
+            KeyError) as exc:
+        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+    wrapped: set[int] = set()
+    for name, plugin in parser.plugins.items():
+        if isinstance(plugin, CachingPlugin):
+            if plugin.name == "cache":
+                plugin.name = name
+                plugin.counters.name = name
+            try:
+                plugin.bind(parser.plugins)
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: [plugin:{name}]: {exc}") from None
+            wrapped.update(id(p) for p in (plugin.authenticator, plugin.mdprovider) if p)
+    parser.authenticators[:] = [(n, p) for n, p in parser.authenticators if id(p) not in wrapped]
+    parser.mdproviders[:] = [(n, p) for n, p in parser.mdproviders if id(p) not in wrapped]
+    if not parser.identifiers:
+        raise ConfigError(f"{path}: no [identifiers]: nobody could ever be identified")
+    if not parser.authenticators:
+        raise ConfigError(f"{path}: no [authenticators]: nobody could ever be authenticated")
+    return parser
+
+
+def make_middleware_from_who_config(app: Any, config: WhoConfig,
+                                    remote_user_key: str | None = None) -> AuthMiddleware:
+    return AuthMiddleware(
+        app, config.identifiers, config.authenticators, config.challengers, config.mdproviders,
+        config.request_classifier, config.challenge_decider,
+        remote_user_key=remote_user_key or config.remote_user_key,
+    )
+
+
+def make_api_factory_with_config(global_conf: Mapping[str, Any], config_file: str,
+                                 remote_user_key: str = "REMOTE_USER",
+                                 logger: Any = None) -> PrebuiltAPIFactory:
+    """Drop-in for repoze.who's function of that name (used by pyramid_who and others),
+    but strict: a missing file raises instead of yielding an empty API factory."""
+    config = load_who_config(config_file, global_conf.get("here"))
+    return PrebuiltAPIFactory(
+        config.identifiers, config.authenticators, config.challengers, config.mdproviders,
+        config.request_classifier or default_request_classifier,
+        config.challenge_decider or default_challenge_decider, remote_user_key, logger,
+    )
+
+
+# ------------------------------------------------------------------ PasteDeploy filter
+
+
+def make_filter(global_conf: Mapping[str, Any], **local_conf: Any) -> Callable[[Any], Any]:
+    """``paste.filter_factory``: everything is built and checked now, at pipeline load."""
+    build = build_middleware_factory(global_conf, local_conf)
+    return build
+
+
+def build_middleware_factory(global_conf: Mapping[str, Any],
+                             local_conf: Mapping[str, Any]) -> Callable[[Any], AuthMiddleware]:
+    opts = Options(local_conf, "[filter] (egg:repoze_who_memcached)")
+    config_file = opts.str("config_file")
+    remote_user_key = opts.str("remote_user_key", "REMOTE_USER")
+    if config_file:
+        leftover = [k for k in ("identifiers", "authenticator", "secret") if opts.has(k)]
+        if leftover:
+            raise opts.error(leftover[0], "use config_file or inline options, not both")
+        opts.finish()
+        config = load_who_config(config_file, global_conf.get("here"))
+        return lambda app: make_middleware_from_who_config(app, config, remote_user_key)
+
+    realm = opts.str("realm", DEFAULT_REALM)
+    identifier_names = opts.list("identifiers", ["basicauth"]) or []
+    challenger_names = opts.list("challengers", ["basicauth"]) or []
+    extra_authenticators = opts.list("authenticators", []) or []
+    request_classifier = _optional_object(opts, "request_classifier")
+    challenge_decider = _optional_object(opts, "challenge_decider")
+    use_cache = opts.bool("cache", True)
+
+    defined = {name: opts.pop_raw(key) for key in list(local_conf)
+               if key.startswith("plugin.") and key.count(".") == 1
+               for name in [key[len("plugin."):]]}
+    plugins: dict[str, Any] = {}
+
+    def named(name: str, option: str) -> Any:
+        if name not in plugins:
+            sub_options = opts.pop_prefixed(f"plugin.{name}")
+            spec = defined.get(name) or BUILTIN_PLUGINS.get(name)
+            if spec is None:
+                raise opts.error(option, f"unknown plugin {name!r}: define it with "
+                                 f"'plugin.{name} = module:factory' (built in: "
+                                 f"{', '.join(BUILTIN_PLUGINS)})")
+            if spec == BUILTIN_PLUGINS["basicauth"]:
+                sub_options.setdefault("realm", realm)
+            plugins[name] = build_plugin(str(spec), sub_options, f"plugin.{name}")
+        return plugins[name]
+
+    identifiers = _plugin_list(identifier_names, IIdentifier, named, "identifiers")
+    challengers = _plugin_list(challenger_names, IChallenger, named, "challengers")
+    authenticators = _plugin_list(extra_authenticators, IAuthenticator, named, "authenticators")
+    unused_definitions = set(defined) - set(plugins)
+    if unused_definitions:
+        raise opts.error(f"plugin.{sorted(unused_definitions)[0]}",
+                         "defined but not listed in identifiers, challengers or authenticators")
+
+    mdproviders: PluginList = []
+    if use_cache:
+        cache = make_plugin(**_cache_options(opts, local_conf))
+        if cache.authenticator is not None:
+            authenticators.append(("cache", cache))
+        if cache.mdprovider is not None:
+            mdproviders.append(("cache", cache))
+        if cache.authenticator_name or cache.mdprovider_name:
+            cache.bind(plugins)
+    else:
+        for option, target in (("authenticator", authenticators), ("mdprovider", mdproviders)):
+            spec = opts.str(option)
+            sub_options = opts.pop_prefixed(option)
+            if spec:
+                target.append((option, build_plugin(spec, sub_options, option)))
+        for key in list(local_conf):
+            opts.pop_raw(key)  # cache options are meaningless without the cache
+    opts.finish()
+    if not authenticators:
+        raise opts.error("authenticator", "is required: nobody could ever be authenticated")
+    if not challengers:
+        raise opts.error("challengers", "needs at least one challenger")
+
+    def build(app: Any) -> AuthMiddleware:
+        return AuthMiddleware(app, identifiers, authenticators, challengers, mdproviders,
+                              request_classifier, challenge_decider,
+                              remote_user_key=remote_user_key or "REMOTE_USER")
+
+    return build
+
+
+def _cache_options(opts: Options, local_conf: Mapping[str, Any]) -> dict[str, Any]:
+    """What is left of the section after the filter's own options: the cache's options."""
+    taken = {}
+    for key in list(local_conf):
+        value = opts.pop_raw(key, None)
+        if value is not None:
+            taken[key] = value
+    taken.setdefault("name", "cache")
+    return taken
+
+
+def _plugin_list(names: Iterable[str], iface: Any, named: Callable[[str, str], Any],
+                 option: str) -> PluginList:
+    result = []
+    for name in names:
+        plugin = named(name, option)
+        if not iface.providedBy(plugin):
+            raise ConfigError(f"option {option!r}: plugin {name!r} does not provide "
+                              f"{iface.__name__}")
+        result.append((name, plugin))
+    return result
+
+
+def _optional_object(opts: Options, name: str) -> Any:
+    spec = opts.str(name)
+    return resolve_object(spec, name) if spec else None
+
+
+__all__ = [
+    "AuthMiddleware",
+    "IMetadataProvider",
+    "PrebuiltAPIFactory",
+    "build_middleware_factory",
+    "load_who_config",
+    "make_api_factory_with_config",
+    "make_filter",
+]
