@@ -50,9 +50,8 @@ class DemoApp:
     @staticmethod
     def facts(environ: dict, identity: dict) -> dict[str, Any]:
         registry = environ.get("repoze.who.plugins") or {}
-        caches = {}
-        for plugin in {id(p): p for p in registry.values() if isinstance(p, CachingPlugin)}.values():
-            caches[plugin.name] = plugin.counters.snapshot()
+        plugins = {id(p): p for p in registry.values() if isinstance(p, CachingPlugin)}
+        caches = {plugin.name: plugin.counters.snapshot() for plugin in plugins.values()}
         return {
             "userid": identity.get("repoze.who.userid"),
             "remote_user": environ.get("REMOTE_USER"),

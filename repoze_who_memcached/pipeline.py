@@ -75,7 +75,7 @@ class PrebuiltAPIFactory(APIFactory):
 
 
 class _PrebuiltAPI(API):
-    def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:  # noqa: D107
+    def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
         # Same attributes as repoze.who's API.__init__, minus the per-request verification.
         self.environ = environ
         self.interface_registry = factory.interface_registry
