@@ -180,14 +180,13 @@ def make_api_factory_with_config(global_conf: Mapping[str, Any], config_file: st
 # ------------------------------------------------------------------ PasteDeploy filter
 
 
-def make_filter(global_conf: Mapping[str, Any], **local_conf: Any) -> Callable[[Any], Any]:
+def make_filter(global_conf: Mapping[str, Any], **local_conf: Any) -> MiddlewareFactory:
     """``paste.filter_factory``: everything is built and checked now, at pipeline load."""
-    build = build_middleware_factory(global_conf, local_conf)
-    return build
+    return build_middleware_factory(global_conf, local_conf)
 
 
 def build_middleware_factory(global_conf: Mapping[str, Any],
-                             local_conf: Mapping[str, Any]) -> Callable[[Any], AuthMiddleware]:
+                             local_conf: Mapping[str, Any]) -> MiddlewareFactory:
     opts = Options(local_conf, "[filter] (egg:repoze_who_memcached)")
     config_file = opts.str("config_file")
     remote_user_key = opts.str("remote_user_key", "REMOTE_USER")
@@ -197,7 +196,10 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
             raise opts.error(leftover[0], "use config_file or inline options, not both")
         opts.finish()
         config = load_who_config(config_file, global_conf.get("here"))
-        return lambda app: make_middleware_from_who_config(app, config, remote_user_key)
+        return MiddlewareFactory(
+            lambda app: make_middleware_from_who_config(app, config, remote_user_key),
+            [p for p in config.plugins.values() if isinstance(p, CachingPlugin)],
+        )
 
     realm = opts.str("realm", DEFAULT_REALM)
     identifier_names = opts.list("identifiers", ["basicauth"]) or []
@@ -261,7 +263,20 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
                               request_classifier, challenge_decider,
                               remote_user_key=remote_user_key or "REMOTE_USER")
 
-    return build
+    caches = [p for _, p in authenticators + mdproviders if isinstance(p, CachingPlugin)]
+    return MiddlewareFactory(build, list({id(p): p for p in caches}.values()))
+
+
+class MiddlewareFactory:
+    """What ``paste.filter_factory`` returns: wraps an app; also tells the CLI its caches."""
+
+    def __init__(self, build: Callable[[Any], AuthMiddleware],
+                 cache_plugins: list[CachingPlugin]) -> None:
+        self._build = build
+        self.cache_plugins = cache_plugins
+
+    def __call__(self, app: Any) -> AuthMiddleware:
+        return self._build(app)
 
 
 def _cache_options(opts: Options, local_conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,246 @@
+"""``repoze-who-memcached``: check, invalidate, flush and inspect the cache from a shell.
+
+CONFIG is the ini file your app runs from (a PasteDeploy file whose filter uses
+``egg:repoze_who_memcached``, or a who.ini with a ``repoze_who_memcached:make_plugin``
+section), optionally with ``#section`` to pick one section (``development.ini#auth`` for
+``[filter:auth]``, ``who.ini#cached_ldap`` for ``[plugin:cached_ldap]``). The cache plugins
+are built from it exactly as your app builds them, so they compute the same keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import ipaddress
+import os
+import sys
+from collections.abc import Sequence
+from .backends import ServerAddress
+from .errors import ConfigError
+from .plugin import CachingPlugin
+
+PROG = "repoze-who-memcached"
+OUR_FILTER_USES = {"egg:repoze_who_memcached", "egg:repoze_who_memcached#main"}
+OUR_PLUGIN_USES = {"repoze_who_memcached:make_plugin", "repoze_who_memcached.plugin:make_plugin"}
+SHOWN_STATS = ("version", "uptime", "curr_connections", "curr_items", "bytes", "limit_maxbytes",
+               "get_hits", "get_misses", "evictions", "cmd_get", "cmd_set")
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+class LoadedSection:
+    """One config section that holds cache plugins, with its raw options (for ``check``)."""
+
+    def __init__(self, label: str, plugins: list[CachingPlugin], raw: dict[str, str]) -> None:
+        self.label = label
+        self.plugins = plugins
+        self.raw = raw
+
+
+def load_sections(config: str) -> list[LoadedSection]:
+    path, _, wanted = config.partition("#")
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise CliError(f"no such file: {path}")
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error as exc:
+        raise CliError(f"{path}: {exc}".replace("\n", " ")) from None
+    here = os.path.dirname(path)
+    sections = []
+    for section in parser.sections():
+        kind, _, name = section.partition(":")
+        if wanted and wanted not in (name, section):
+            continue
+        use = parser.get(section, "use", fallback="").strip()
+        raw = dict(parser.items(section))
+        if kind == "filter" and use in OUR_FILTER_USES:
+            sections.append(LoadedSection(section, _filter_plugins(path, name), raw))
+        elif kind == "plugin" and use in OUR_PLUGIN_USES:
+            sections.append(LoadedSection(section, _who_ini_plugins(path, here, name), raw))
+    if not sections:
+        where = f"section {wanted!r}" if wanted else "any section"
+        raise CliError(f"{path}: {where} is not a repoze_who_memcached filter or plugin")
+    return sections
+
+
+def _filter_plugins(path: str, name: str) -> list[CachingPlugin]:
+    from paste.deploy import loadfilter
+
+    factory = loadfilter(f"config:{path}", name=name)
+    return list(getattr(factory, "cache_plugins", []))
+
+
+def _who_ini_plugins(path: str, here: str, name: str) -> list[CachingPlugin]:
+    from .pipeline import load_who_config
+
+    config = load_who_config(path, here)
+    plugin = config.plugins[name]
+    return [plugin] if isinstance(plugin, CachingPlugin) else []
+
+
+def weak_settings(section: LoadedSection, plugin: CachingPlugin) -> list[str]:
+    """Settings that work but that an operator should know are risky."""
+    raw = section.raw
+    warnings = []
+    if "secret" in raw:
+        warnings.append("the secret is written in the config; prefer secret_file (mode 0600)")
+        if len(raw["secret"].encode()) < 32:
+            warnings.append("the secret is under 32 bytes; use secrets.token_urlsafe(32)")
+    if plugin.ttl > 3600:
+        warnings.append(f"ttl = {plugin.ttl}: a disabled account keeps working that long "
+                        "unless invalidated")
+    if plugin.stale_ttl > 24 * 3600:
+        warnings.append(f"stale_ttl = {plugin.stale_ttl}: old entries are honoured for over "
+                        "a day while the backend is down")
+    servers = plugin.backend.settings.servers
+    if len(servers) == 1:
+        warnings.append("one memcached server: losing it sends every request to the backend")
+    if not plugin.backend.settings.tls and any(not _is_local(s) for s in servers):
+        warnings.append("memcached traffic crosses the network unencrypted (values are "
+                        "sealed, but consider memcached_client = pymemcache with TLS)")
+    if plugin.backend.settings.socket_timeout > 1:
+        warnings.append(f"socket_timeout = {plugin.backend.settings.socket_timeout}s: a hung "
+                        "memcached delays requests that long")
+    return warnings
+
+
+def _is_local(server: ServerAddress) -> bool:
+    if server.unix_path is not None or server.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(server.host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    status = 0
+    for section in load_sections(args.config):
+        for plugin in section.plugins:
+            print(f"[{section.label}] cache {plugin.name!r}: ttl={plugin.ttl}s "
+                  f"negative_ttl={plugin.negative_ttl}s stale_ttl={plugin.stale_ttl}s "
+                  f"lock_timeout={plugin.lock_timeout}s client={type(plugin.backend).__name__}")
+            for report in plugin.backend.probe():
+                if report.ok:
+                    print(f"  ok    {report.address}  memcached {report.version}")
+                else:
+                    print(f"  DOWN  {report.address}  {report.error}")
+                    status = 1
+            for warning in weak_settings(section, plugin):
+                print(f"  warning: {warning}")
+            plugin.backend.close()
+    return status
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    status = 0
+    for section in load_sections(args.config):
+        for plugin in section.plugins:
+            print(f"[{section.label}] cache {plugin.name!r}")
+            for report in plugin.backend.probe():
+                if not report.ok:
+                    print(f"  {report.address}: DOWN ({report.error})")
+                    status = 1
+                    continue
+                print(f"  {report.address}:")
+                names = sorted(report.stats) if args.all else SHOWN_STATS
+                for name in names:
+                    if name in report.stats:
+                        print(f"    {name:<18} {report.stats[name]}")
+                hits = int(report.stats.get("get_hits", 0))
+                misses = int(report.stats.get("get_misses", 0))
+                if hits + misses:
+                    print(f"    {'hit_ratio':<18} {hits / (hits + misses):.3f}")
+            plugin.backend.close()
+    return status
+
+
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    for section in load_sections(args.config):
+        for plugin in section.plugins:
+            for login in args.logins:
+                userid = login if args.userid is None else args.userid
+                plugin.invalidate_user(login=login, userid=userid)
+                print(f"[{section.label}] cache {plugin.name!r}: invalidated login {login!r} "
+                      f"and userid {userid!r}")
+            plugin.backend.close()
+    return 0
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    for section in load_sections(args.config):
+        for plugin in section.plugins:
+            plugin.invalidate_all()
+            print(f"[{section.label}] cache {plugin.name!r}: every entry it stored is now "
+                  "unused (other data in memcached is untouched)")
+            plugin.backend.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Operate the repoze_who_memcached authentication cache.",
+        epilog=(
+            "CONFIG is your app's ini file (PasteDeploy with the egg:repoze_who_memcached "
+            "filter, or a who.ini), optionally FILE#SECTION. The commands build the cache "
+            "exactly as your app does (same secret, same servers), so they act on the live "
+            "cache of every app server sharing it. Examples:\n"
+            f"  {PROG} check production.ini\n"
+            f"  {PROG} invalidate production.ini#auth alice bob\n"
+            f"  {PROG} flush who.ini"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    check = commands.add_parser(
+        "check", help="connect to every memcached server; report status, version, weak settings",
+        description="Load CONFIG, connect to each memcached server and report its status and "
+        "version, and warn about weak settings. Exit status 1 if a server is down.")
+    check.add_argument("config", metavar="CONFIG")
+    check.set_defaults(func=cmd_check)
+
+    invalidate = commands.add_parser(
+        "invalidate", help="stop using every cached entry of the given logins, at once",
+        description="Every cached authentication of each LOGIN (whatever password was used) "
+        "and its cached metadata stop being used at once, on every server sharing the cache.")
+    invalidate.add_argument("config", metavar="CONFIG")
+    invalidate.add_argument("logins", metavar="LOGIN", nargs="+")
+    invalidate.add_argument("--userid", help="the userid whose metadata to drop, when it is "
+                            "not the login (e.g. a DN)")
+    invalidate.set_defaults(func=cmd_invalidate)
+
+    flush = commands.add_parser(
+        "flush", help="stop using everything this cache stored (never other apps' data)",
+        description="Replace the cache's namespace generation: every entry it stored is "
+        "ignored from now on. Unlike memcached's flush_all, other data is untouched.")
+    flush.add_argument("config", metavar="CONFIG")
+    flush.set_defaults(func=cmd_flush)
+
+    stats = commands.add_parser(
+        "stats", help="memcached's own figures for each server",
+        description="Print each memcached server's statistics (hits, misses, items, memory).")
+    stats.add_argument("config", metavar="CONFIG")
+    stats.add_argument("--all", action="store_true", help="every statistic, not a selection")
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, ConfigError, RuntimeError, OSError, LookupError) as exc:
+        message = str(exc).replace("\n", " ") or type(exc).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
