@@ -15,6 +15,7 @@ import ipaddress
 import os
 import sys
 from collections.abc import Sequence
+
 from .backends import ServerAddress
 from .errors import ConfigError
 from .plugin import CachingPlugin

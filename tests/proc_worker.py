@@ -17,9 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from backends_for_tests import CountingAuthenticator  # noqa: E402
+from backends_for_tests import CountingAuthenticator
 
-from repoze_who_memcached import make_plugin  # noqa: E402
+from repoze_who_memcached import make_plugin
 
 
 def main() -> None:
