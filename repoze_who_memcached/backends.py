@@ -1,10 +1,17 @@
 """The narrow interface between the plugin and a memcached client library.
 
-The plugin needs five operations (get_multi, set, add, delete, probe) and one promise:
-none of them ever raises. A dead, hung, refusing or garbage-returning memcached must cost a
-cache miss, not a failed login. Each backend bounds every call by ``socket_timeout``, skips a
+The plugin needs a handful of operations and one promise: none of them ever raises. A
+dead, hung, refusing or garbage-returning memcached must cost a cache miss, not a failed
+login. Each backend bounds every call by ``socket_timeout``, skips a
 dead server for ``dead_retry`` seconds, and reports errors to a callback that the plugin
 rate-limits into warnings and counts.
+
+Every call takes a ``route``: the key that chooses the server. The plugin routes all keys of
+one user (entries, the user's generation token, the namespace token, locks) by the user's
+generation key, so one request is one round trip to one server whatever the cluster size,
+and losing a server costs only the users it held. Generation tokens are written to every
+server (``set_everywhere``), so a user's keys that fail over to another server meet the
+current token there too.
 
 Two backends:
 
@@ -124,18 +131,23 @@ class CacheBackend(ABC):
         self.report_error = report_error
 
     @abstractmethod
-    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
-        """Values found (in one round trip per server); missing keys and errors are absent."""
+    def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
+        """Values found on the server owning ``route`` (one round trip); missing keys and
+        errors are absent."""
 
     @abstractmethod
-    def set(self, key: str, value: bytes, expire: int) -> bool: ...
+    def set(self, key: str, value: bytes, expire: int, route: str) -> bool: ...
 
     @abstractmethod
-    def add(self, key: str, value: bytes, expire: int) -> bool:
+    def add(self, key: str, value: bytes, expire: int, route: str) -> bool:
         """Store only if absent; True if stored (the building block of locks)."""
 
     @abstractmethod
-    def delete(self, key: str) -> bool: ...
+    def delete(self, key: str, route: str) -> bool: ...
+
+    @abstractmethod
+    def set_everywhere(self, key: str, value: bytes) -> list[str]:
+        """Store ``key`` (no expiry) on every server; returns the servers that failed."""
 
     @abstractmethod
     def probe(self) -> list[ServerReport]:
@@ -182,19 +194,43 @@ class PythonMemcachedBackend(CacheBackend):
                 self._client.disconnect_all()
             return default
 
-    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
-        return self._guard("get_multi", {}, lambda: self._client.get_multi(list(keys)))
+    # python-memcached picks a server by ``serverhash % len(servers)`` and takes a
+    # ``(serverhash, key)`` tuple to let the caller choose the hash: that is our routing.
 
-    def set(self, key: str, value: bytes, expire: int) -> bool:
-        expiry = memcached_expiry(expire)
-        return bool(self._guard("set", False, lambda: self._client.set(key, value, expiry)))
+    def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
+        where = _route_hash(route)
+        found = self._guard("get_multi", {},
+                            lambda: self._client.get_multi([(where, k) for k in keys]))
+        return {k[1]: v for k, v in found.items()}
 
-    def add(self, key: str, value: bytes, expire: int) -> bool:
-        expiry = memcached_expiry(expire)
-        return bool(self._guard("add", False, lambda: self._client.add(key, value, expiry)))
+    def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
+        args = ((_route_hash(route), key), value, memcached_expiry(expire))
+        return bool(self._guard("set", False, lambda: self._client.set(*args)))
 
-    def delete(self, key: str) -> bool:
-        return bool(self._guard("delete", False, lambda: self._client.delete(key)))
+    def add(self, key: str, value: bytes, expire: int, route: str) -> bool:
+        args = ((_route_hash(route), key), value, memcached_expiry(expire))
+        return bool(self._guard("add", False, lambda: self._client.add(*args)))
+
+    def delete(self, key: str, route: str) -> bool:
+        target = (_route_hash(route), key)
+        return bool(self._guard("delete", False, lambda: self._client.delete(target)))
+
+    def set_everywhere(self, key: str, value: bytes) -> list[str]:
+        failed = []
+        for server in self.settings.servers:
+            single = _make_python_memcached_client(
+                BackendSettings(servers=(server,), socket_timeout=self.settings.socket_timeout,
+                                dead_retry=0),
+                self.report_error,
+            )
+            try:
+                if not single.set(key, value, 0):
+                    failed.append(str(server))
+            except Exception:
+                failed.append(str(server))
+            finally:
+                single.disconnect_all()
+        return failed
 
     def probe(self) -> list[ServerReport]:
         reports = []
@@ -225,6 +261,10 @@ class PythonMemcachedBackend(CacheBackend):
         self._client.disconnect_all()
 
 
+def _route_hash(route: str) -> int:
+    return zlib.crc32(route.encode("ascii"))
+
+
 def _clean_error(message: str) -> str:
     return message.replace("MemCache: ", "").replace(".  Marking dead.", "").strip()
 
@@ -249,6 +289,7 @@ def _make_python_memcached_client(settings: BackendSettings, report_error: Error
     return ReportingClient(
         [str(s) for s in settings.servers],
         debug=1,
+        check_keys=False,  # our keys are made valid by construction; checking costs µs
         socket_timeout=settings.socket_timeout,
         dead_retry=settings.dead_retry,
         unpickler=_RefusePickle,
@@ -337,8 +378,8 @@ class PymemcacheBackend(CacheBackend):
             self._dead_until[index] = time.monotonic() + self.settings.dead_retry
         self.report_error(self._names[index], f"{what}: {type(exc).__name__}: {exc}")
 
-    def _run(self, key: str, what: str, default: Any, call: Callable[[Any], Any]) -> Any:
-        index = self._server_for(key)
+    def _run(self, route: str, what: str, default: Any, call: Callable[[Any], Any]) -> Any:
+        index = self._server_for(route)
         if index is None:
             return default
         try:
@@ -347,41 +388,38 @@ class PymemcacheBackend(CacheBackend):
             self._failed(index, what, exc)
             return default
 
-    def get_multi(self, keys: Sequence[str]) -> dict[str, Any]:
-        if len(self._clients) == 1:
-            return self._run(keys[0], "get_multi", {}, lambda c: c.get_many(keys))
-        by_server: dict[int, list[str]] = {}
-        for key in keys:
-            index = self._server_for(key)
-            if index is not None:
-                by_server.setdefault(index, []).append(key)
-        found: dict[str, Any] = {}
-        for index, server_keys in by_server.items():
+    def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
+        return self._run(route, "get_multi", {}, lambda c: c.get_many(keys))
+
+    def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
+        expiry = memcached_expiry(expire)
+        return bool(self._run(route, "set", False,
+                              lambda c: c.set(key, value, expiry, noreply=False)))
+
+    def add(self, key: str, value: bytes, expire: int, route: str) -> bool:
+        expiry = memcached_expiry(expire)
+        return bool(self._run(route, "add", False,
+                              lambda c: c.add(key, value, expiry, noreply=False)))
+
+    def delete(self, key: str, route: str) -> bool:
+        return bool(self._run(route, "delete", False, lambda c: c.delete(key, noreply=False)))
+
+    def set_everywhere(self, key: str, value: bytes) -> list[str]:
+        failed = []
+        for index, client in enumerate(self._clients):
             try:
-                found.update(self._clients[index].get_many(server_keys))
+                if not client.set(key, value, 0, noreply=False):
+                    failed.append(self._names[index])
             except Exception as exc:
-                self._failed(index, "get_multi", exc)
-        return found
-
-    def set(self, key: str, value: bytes, expire: int) -> bool:
-        return bool(self._run(key, "set", False,
-                              lambda c: c.set(key, value, memcached_expiry(expire), noreply=False)))
-
-    def add(self, key: str, value: bytes, expire: int) -> bool:
-        return bool(self._run(key, "add", False,
-                              lambda c: c.add(key, value, memcached_expiry(expire), noreply=False)))
-
-    def delete(self, key: str) -> bool:
-        return bool(self._run(key, "delete", False, lambda c: c.delete(key, noreply=False)))
+                self._failed(index, "set", exc)
+                failed.append(self._names[index])
+        return failed
 
     def probe(self) -> list[ServerReport]:
         reports = []
         for name, client in zip(self._names, self._clients, strict=True):
             try:
-                stats = {
-                    (k.decode() if isinstance(k, bytes) else k): str(v)
-                    for k, v in client.stats().items()
-                }
+                stats = {_text(k): _text(v) for k, v in client.stats().items()}
                 reports.append(ServerReport(name, True, stats.get("version", ""), stats=stats))
             except Exception as exc:
                 reports.append(ServerReport(name, False, error=f"{type(exc).__name__}: {exc}"))
@@ -391,6 +429,10 @@ class PymemcacheBackend(CacheBackend):
         for client in self._clients:
             with contextlib.suppress(Exception):
                 client.close()
+
+
+def _text(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _tls_context(settings: BackendSettings) -> ssl.SSLContext:

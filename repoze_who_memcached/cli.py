@@ -160,26 +160,37 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return status
 
 
+def _report_unreached(failed: list[str]) -> int:
+    for server in failed:
+        print(f"  warning: {server} was not reached: entries it holds will be used again "
+              "if it comes back; repeat this command then", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_invalidate(args: argparse.Namespace) -> int:
+    status = 0
     for section in load_sections(args.config):
         for plugin in section.plugins:
             for login in args.logins:
                 userid = login if args.userid is None else args.userid
-                plugin.invalidate_user(login=login, userid=userid)
+                failed = plugin.invalidate_user(login=login, userid=userid)
                 print(f"[{section.label}] cache {plugin.name!r}: invalidated login {login!r} "
                       f"and userid {userid!r}")
+                status = _report_unreached(failed) or status
             plugin.backend.close()
-    return 0
+    return status
 
 
 def cmd_flush(args: argparse.Namespace) -> int:
+    status = 0
     for section in load_sections(args.config):
         for plugin in section.plugins:
-            plugin.invalidate_all()
+            failed = plugin.invalidate_all()
             print(f"[{section.label}] cache {plugin.name!r}: every entry it stored is now "
                   "unused (other data in memcached is untouched)")
+            status = _report_unreached(failed) or status
             plugin.backend.close()
-    return 0
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:

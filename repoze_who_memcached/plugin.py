@@ -247,7 +247,9 @@ class CachingPlugin:
     ) -> Any:
         entry_key = self._keys.entry_key(method, items)
         generation_keys = [self._namespace_key] + ([user_key] if user_key else [])
-        found = self.backend.get_multi([entry_key, *generation_keys])
+        # All of a user's keys live on one server: one round trip, whatever the cluster.
+        route = user_key or entry_key
+        found = self.backend.get_multi([entry_key, *generation_keys], route)
         generations = [found.get(k) for k in generation_keys]
         record = self._open(entry_key, found.get(entry_key), generations)
         now = time.time()
@@ -259,7 +261,7 @@ class CachingPlugin:
 
         self.counters.incr("misses")
         outcome = self._coalesced_backend_call(
-            entry_key, generation_keys, generations, method, call, environ, identity
+            entry_key, route, generation_keys, generations, method, call, environ, identity
         )
         if outcome.failed:
             if (
@@ -284,6 +286,7 @@ class CachingPlugin:
     def _coalesced_backend_call(
         self,
         entry_key: str,
+        route: str,
         generation_keys: list[str],
         generations: list[Any],
         method: str,
@@ -304,7 +307,7 @@ class CachingPlugin:
             return self._call_backend(call, environ, identity)  # the leader is stuck: go alone
         try:
             flight.outcome = self._locked_backend_call(
-                entry_key, generation_keys, generations, method, call, environ, identity
+                entry_key, route, generation_keys, generations, method, call, environ, identity
             )
             return flight.outcome
         finally:
@@ -315,6 +318,7 @@ class CachingPlugin:
     def _locked_backend_call(
         self,
         entry_key: str,
+        route: str,
         generation_keys: list[str],
         generations: list[Any],
         method: str,
@@ -330,12 +334,12 @@ class CachingPlugin:
         lock_key = None
         if self.lock_timeout:
             lock_key = self._keys.lock_key(entry_key)
-            if not self.backend.add(lock_key, b"1", self.lock_timeout):
+            if not self.backend.add(lock_key, b"1", self.lock_timeout, route):
                 self.counters.incr("lock_waits")
                 deadline = time.monotonic() + self.lock_timeout
                 while time.monotonic() < deadline:
                     time.sleep(_LOCK_POLL)
-                    found = self.backend.get_multi([entry_key, *generation_keys])
+                    found = self.backend.get_multi([entry_key, *generation_keys], route)
                     fresh = [found.get(k) for k in generation_keys]
                     record = self._open(entry_key, found.get(entry_key), fresh)
                     if record is not None and time.time() < record[_EXPIRES]:
@@ -347,11 +351,11 @@ class CachingPlugin:
             outcome = self._call_backend(call, environ, identity)
             if not outcome.failed:
                 outcome.values = self._added_values(before, identity)
-                self._store(entry_key, generation_keys, generations, method, outcome)
+                self._store(entry_key, route, generation_keys, generations, method, outcome)
             return outcome
         finally:
             if lock_key is not None:
-                self.backend.delete(lock_key)
+                self.backend.delete(lock_key, route)
 
     def _call_backend(self, call: Any, environ: dict, identity: dict) -> _Outcome:
         """Call the wrapped plugin; an exception becomes a logged failure, never a 500."""
@@ -409,6 +413,7 @@ class CachingPlugin:
     def _store(
         self,
         entry_key: str,
+        route: str,
         generation_keys: list[str],
         generations: list[Any],
         method: str,
@@ -428,7 +433,7 @@ class CachingPlugin:
             )
             return
         tokens = [
-            _as_bytes(current) if current is not None else self._create_generation(key)
+            _as_bytes(current) if current is not None else self._create_generation(key, route)
             for key, current in zip(generation_keys, generations, strict=True)
         ]
         if any(t is None for t in tokens):
@@ -441,39 +446,48 @@ class CachingPlugin:
             _POSITIVE: positive,
         }
         expire = ttl + (self.stale_ttl if positive else 0)
-        if not self.backend.set(entry_key, self._sealer.seal(entry_key, record), expire):
+        if not self.backend.set(entry_key, self._sealer.seal(entry_key, record), expire, route):
             self.counters.incr("cache_errors")
 
-    def _create_generation(self, key: str) -> bytes | None:
+    def _create_generation(self, key: str, route: str) -> bytes | None:
         """First use of a generation: create its token (or read the one a rival created)."""
         token = _new_token()
-        if self.backend.add(key, token, 0):
+        if self.backend.add(key, token, 0, route):
             return token
-        current = self.backend.get_multi([key]).get(key)
+        current = self.backend.get_multi([key], route).get(key)
         return _as_bytes(current) if current is not None else None
 
     # ---------------------------------------------------------------- operations
 
-    def invalidate_user(self, login: Any = None, userid: Any = None) -> None:
+    def invalidate_user(self, login: Any = None, userid: Any = None) -> list[str]:
         """Make every cached entry of this user unusable at once, on every server.
 
         ``login`` drops cached authentications (whatever passwords were used), ``userid``
-        cached metadata. Either may be None.
+        cached metadata. Either may be None. The new token goes to every memcached server
+        (entries may have failed over to any of them). Returns the servers that could not
+        be reached: their old entries come back if they do, so invalidate again then.
         """
+        failed: set[str] = set()
         for kind, name in (("login", login), ("userid", userid)):
             if name is not None:
                 key = self._keys.user_generation_key(kind, name)
-                if not self.backend.set(key, _new_token(), 0):
-                    raise RuntimeError(f"cache {self.name}: memcached did not store the "
-                                       f"new generation for {kind} (is it up?)")
+                failed.update(self._replace_generation(key))
         self.counters.incr("invalidations")
+        return sorted(failed)
 
-    def invalidate_all(self) -> None:
-        """Drop everything this plugin cached (not other applications' data)."""
-        if not self.backend.set(self._namespace_key, _new_token(), 0):
-            raise RuntimeError(f"cache {self.name}: memcached did not store the new namespace "
-                               "generation (is it up?)")
+    def invalidate_all(self) -> list[str]:
+        """Drop everything this plugin cached (not other applications' data); returns the
+        servers that could not be reached."""
+        failed = self._replace_generation(self._namespace_key)
         self.counters.incr("invalidations")
+        return failed
+
+    def _replace_generation(self, key: str) -> list[str]:
+        failed = self.backend.set_everywhere(key, _new_token())
+        if len(failed) == len(self.backend.settings.servers):
+            raise RuntimeError(f"cache {self.name}: no memcached server could be reached "
+                               f"({', '.join(failed)}); nothing was invalidated")
+        return failed
 
     def _record(self, environ: dict, method: str, outcome: str) -> None:
         """Tell the app (and the DEBUG log) what the cache did; never what the identity is."""

@@ -1,0 +1,193 @@
+"""Both memcached clients: TLS, several servers, losing one, and a threaded WSGI server."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import textwrap
+import threading
+
+import pytest
+from backends_for_tests import CountingAuthenticator
+from conftest import SECRET
+from test_plugin import login, plugin_for
+
+from repoze_who_memcached import ConfigError, make_plugin
+from repoze_who_memcached.backends import ConsistentHashRing
+from repoze_who_memcached.testing import MemcachedServer, free_port
+
+CLIENTS = ["python-memcached", "pymemcache"]
+
+
+@pytest.fixture(scope="module")
+def tls_memcached():
+    with MemcachedServer(tls=True) as server:
+        yield server
+
+
+def test_pymemcache_over_tls(tls_memcached):
+    backend = CountingAuthenticator()
+    plugin = plugin_for(tls_memcached, backend, memcached_client="pymemcache",
+                        memcached_tls_ca_file=str(tls_memcached.ca_file))
+    assert login(plugin)[0] == "user:alice"
+    userid, _, environ = login(plugin)
+    assert userid == "user:alice"
+    assert environ["repoze_who_memcached.cache"]["cache"]["authenticate"] == "hit"
+    assert backend.calls == 1
+    reports = plugin.backend.probe()
+    assert reports[0].ok and reports[0].version.startswith("1.")
+
+
+def test_tls_with_an_untrusted_certificate_is_a_cache_error_not_a_login_error(tls_memcached):
+    backend = CountingAuthenticator()
+    # The system CAs do not trust the test certificate: every cache call fails the handshake.
+    plugin = plugin_for(tls_memcached, backend, memcached_client="pymemcache",
+                        memcached_tls_ca_file="/etc/ssl/certs/ca-certificates.crt")
+    assert login(plugin)[0] == "user:alice"
+    assert login(plugin)[0] == "user:alice"
+    assert login(plugin, password="x")[0] is None
+    assert backend.calls == 3
+    assert plugin.counters.snapshot()["cache_errors"] >= 1
+
+
+def test_tls_needs_pymemcache(tls_memcached):
+    with pytest.raises(ConfigError, match="memcached_client"):
+        make_plugin(secret=SECRET, authenticator_name="x", memcached_urls=tls_memcached.url,
+                    memcached_tls_ca_file=str(tls_memcached.ca_file))
+
+
+@pytest.fixture
+def three_memcached():
+    servers = [MemcachedServer() for _ in range(3)]
+    for server in servers:
+        server.prepare()
+        server.start()
+    yield servers
+    for server in servers:
+        server.close()
+
+
+def _sealed_entries(server) -> int:
+    return sum((server.get_raw(k) or b"")[:1] == b"\x01" for k in server.stored_keys())
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_several_servers_spread_keys_and_losing_one_costs_its_share(three_memcached, client):
+    users = {f"user{n}": f"password-{n}" for n in range(60)}
+    backend = CountingAuthenticator(users=users)
+    urls = " ".join(s.url for s in three_memcached)
+    plugin = make_plugin(secret=SECRET, memcached_urls=urls, authenticator_name="b",
+                         memcached_client=client, dead_retry="60", socket_timeout="0.3")
+    plugin.bind({"b": backend})
+    for user, password in users.items():
+        assert login(plugin, user, password)[0] == f"user:{user}"
+    per_server = [_sealed_entries(s) for s in three_memcached]
+    assert sum(per_server) == 60
+    assert all(count >= 5 for count in per_server), per_server  # spread, not piled up
+    for user, password in users.items():  # all hits: one round trip each
+        assert login(plugin, user, password)[0] == f"user:{user}"
+    assert backend.calls == 60
+
+    three_memcached[1].stop()
+    for user, password in users.items():
+        assert login(plugin, user, password)[0] == f"user:{user}"
+        assert login(plugin, user, password + "!")[0] is None
+    lost = per_server[1]
+    wrong_passwords = 60
+    assert backend.calls == 60 + lost + wrong_passwords
+    # The lost server's users are cached again, on the survivors.
+    for user, password in users.items():
+        assert login(plugin, user, password)[0] == f"user:{user}"
+    assert backend.calls == 60 + lost + wrong_passwords
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_invalidation_reaches_every_server(three_memcached, client):
+    backend = CountingAuthenticator()
+    urls = " ".join(s.url for s in three_memcached)
+    plugin = make_plugin(secret=SECRET, memcached_urls=urls, authenticator_name="b",
+                         memcached_client=client)
+    plugin.bind({"b": backend})
+    login(plugin)
+    assert plugin.invalidate_user(login="alice") == []
+    login(plugin)
+    assert backend.calls == 2
+    three_memcached[2].stop()
+    failed = plugin.invalidate_all()
+    assert failed == [three_memcached[2].url]
+
+
+def test_ring_spreads_and_moves_only_the_lost_servers_keys():
+    ring = ConsistentHashRing(3)
+    keys = [f"key-{n}" for n in range(3000)]
+    first = [next(iter(ring.owners(k))) for k in keys]
+    shares = [first.count(i) for i in range(3)]
+    assert all(700 < share < 1300 for share in shares), shares
+    # Preference order: a key whose first choice is server 1 fails over elsewhere; others stay.
+    for key, owner in zip(keys, first, strict=True):
+        order = list(ring.owners(key))
+        assert order[0] == owner and sorted(order) == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ under waitress
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_threaded_waitress_with_each_client(tmp_path, memcached, client):
+    from paste.deploy import loadapp
+    from waitress.server import create_server
+
+    ini = tmp_path / "app.ini"
+    ini.write_text(textwrap.dedent(f"""
+        [app:demo]
+        use = egg:repoze_who_memcached#demo
+
+        [filter:auth]
+        use = egg:repoze_who_memcached
+        authenticator = backends_for_tests:make_authenticator
+        authenticator.users = alice:wonderland bob:builder carol:c4rol dave:d4ve
+        memcached_urls = {memcached.url}
+        memcached_client = {client}
+        secret = {SECRET}
+
+        [pipeline:main]
+        pipeline = auth demo
+    """))
+    app = loadapp(f"config:{ini}")
+    port = free_port()
+    server = create_server(app, host="127.0.0.1", port=port, threads=8)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    users = [("alice", "wonderland"), ("bob", "builder"), ("carol", "c4rol"), ("dave", "d4ve")]
+    problems: list[str] = []
+
+    def hammer(n: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for i in range(40):
+            user, password = users[(n + i) % 4]
+            wrong = i % 5 == 0
+            token = base64.b64encode(f"{user}:{password}{'x' if wrong else ''}".encode())
+            headers = {"Authorization": f"Basic {token.decode()}"}
+            conn.request("GET", "/?format=json", headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            expected = 401 if wrong else 200
+            if response.status != expected:
+                problems.append(f"{user} wrong={wrong}: {response.status}")
+            elif not wrong and f'"userid": "user:{user}"'.encode() not in body:
+                problems.append(f"{user}: {body[:100]!r}")
+        conn.close()
+
+    try:
+        clients = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+    finally:
+        server.close()
+    assert problems == []
+    (cache,) = app.cache_plugins
+    counts = cache.counters.snapshot()
+    assert counts["hits"] > 100
+    assert counts["backend_calls"] < 8 * 40 - 100
