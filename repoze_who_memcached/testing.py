@@ -404,7 +404,7 @@ class SlapdServer(_ServerProcess):
         # searches and their results), which is what bind_count() reads.
         return [self.program, "-f", str(self.config_file), "-h", f"{self.url}/", "-d", "256"]
 
-    def bind_count(self, dn: str | None = None, *, settle: float = 0.05) -> int:
+    def bind_count(self, dn: str | None = None, *, settle: float = 0.02) -> int:
         """How many binds with a DN (anonymous ones not counted) have succeeded so far.
 
         ``dn`` counts only binds as that DN (compared as slapd logs it: normalised, so

@@ -1,0 +1,50 @@
+"""pytest fixtures: real slapd servers (Debian's package) on free loopback ports.
+
+Loaded as a plugin (``pytest_plugins = ["ldap_fixtures"]`` in conftest.py). The data is the
+packaged sample directory (``repoze_who_memcached/data/sample_users.ldif``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from repoze_who_memcached.testing import SlapdServer
+
+
+@pytest.fixture(scope="session")
+def slapd():
+    """One plain-text slapd for the whole session. Tests must not stop or pause it."""
+    with SlapdServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def slapd_tls():
+    """A slapd with STARTTLS (self-signed; trust ``ca_file``) that refuses binds in clear."""
+    with SlapdServer(tls=True) as server:
+        yield server
+
+
+@pytest.fixture
+def private_slapd():
+    """A slapd of this test's own, for tests that stop, pause or restart it."""
+    with SlapdServer() as server:
+        yield server
+
+
+def ldap_options(server: SlapdServer, **extra: str) -> dict[str, str]:
+    """ini-style options for our LDAP plugins against ``server`` as the reader account."""
+    options = {
+        "url": server.url,
+        "base_dn": server.users_base_dn,
+        "bind_dn": server.reader_dn,
+        "bind_password": server.reader_password,
+    }
+    options.update(extra)
+    return options
+
+
+@pytest.fixture
+def ldap_config(slapd):
+    """Options for the session slapd; a test may copy and extend them."""
+    return ldap_options(slapd)
