@@ -80,7 +80,14 @@ class RateLimitedLog:
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    MAX_ARG_CHARS = 200  # an error may quote a value read from memcached: keep lines short
+
     def warning(self, topic: str, message: str, *args: Any) -> None:
+        args = tuple(
+            a[: self.MAX_ARG_CHARS] + "..." if isinstance(a, str) and len(a) > self.MAX_ARG_CHARS
+            else a
+            for a in args
+        )
         now = time.monotonic()
         with self._lock:
             last = self._last.get(topic)

@@ -433,7 +433,7 @@ class CachingPlugin:
             )
             return
         tokens = [
-            _as_bytes(current) if current is not None else self._create_generation(key, route)
+            current if _is_token(current) else self._create_generation(key, route, current)
             for key, current in zip(generation_keys, generations, strict=True)
         ]
         if any(t is None for t in tokens):
@@ -446,16 +446,27 @@ class CachingPlugin:
             _POSITIVE: positive,
         }
         expire = ttl + (self.stale_ttl if positive else 0)
-        if not self.backend.set(entry_key, self._sealer.seal(entry_key, record), expire, route):
+        try:
+            sealed = self._sealer.seal(entry_key, record)
+        except (TypeError, ValueError) as exc:  # _cacheable let through what JSON refuses
+            self._warn.warning("uncacheable", "cache %s: not caching: %s", self.name, exc)
+            return
+        if not self.backend.set(entry_key, sealed, expire, route):
             self.counters.incr("cache_errors")
 
-    def _create_generation(self, key: str, route: str) -> bytes | None:
-        """First use of a generation: create its token (or read the one a rival created)."""
+    def _create_generation(self, key: str, route: str, current: Any) -> bytes | None:
+        """First use of a generation: create its token (or read the one a rival created).
+
+        A token that is not one of ours (garbage written into memcached) is replaced: that
+        only invalidates what was stored under it.
+        """
         token = _new_token()
+        if current is not None:
+            return token if self.backend.set(key, token, 0, route) else None
         if self.backend.add(key, token, 0, route):
             return token
         current = self.backend.get_multi([key], route).get(key)
-        return _as_bytes(current) if current is not None else None
+        return current if _is_token(current) else None
 
     # ---------------------------------------------------------------- operations
 
@@ -502,8 +513,20 @@ class CachingPlugin:
                            self.name, server, message)
 
 
+_TOKEN_BYTES = 16
+_TOKEN_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def _new_token() -> bytes:
-    return secrets.token_urlsafe(12).encode("ascii")
+    return secrets.token_urlsafe(12).encode("ascii")  # 16 characters
+
+
+def _is_token(value: Any) -> bool:
+    return (
+        isinstance(value, bytes)
+        and len(value) == _TOKEN_BYTES
+        and all(b in _TOKEN_ALPHABET for b in value)
+    )
 
 
 def _as_bytes(value: Any) -> bytes:
