@@ -191,10 +191,14 @@ class CachingPlugin:
             self._record(environ, AUTHENTICATE, "uncached")
             return self._call_backend(wrapped.authenticate, environ, identity).userid
         login = identity.get(self.login_item)
-        user_key = self._keys.user_generation_key("login", login) if login is not None else None
-        return self._cached_call(
-            environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key
-        )
+        user_key = self._user_key("login", login)
+        try:
+            return self._cached_call(
+                environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key
+            )
+        except Exception:  # a bug of ours must not become a 500: answer uncached
+            logger.exception("cache %s: internal error; asking the backend directly", self.name)
+            return self._call_backend(wrapped.authenticate, environ, identity).userid
 
     # ---------------------------------------------------------------- IMetadataProvider
 
@@ -214,8 +218,22 @@ class CachingPlugin:
             self._record(environ, ADD_METADATA, "uncached")
             self._call_backend(wrapped.add_metadata, environ, identity)
             return
-        user_key = self._keys.user_generation_key("userid", userid)
-        self._cached_call(environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key)
+        user_key = self._user_key("userid", userid)
+        try:
+            self._cached_call(
+                environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key
+            )
+        except Exception:
+            logger.exception("cache %s: internal error; asking the backend directly", self.name)
+            self._call_backend(wrapped.add_metadata, environ, identity)
+
+    def _user_key(self, kind: str, name: Any) -> str | None:
+        if name is None:
+            return None
+        try:
+            return self._keys.user_generation_key(kind, name)
+        except (Unencodable, RecursionError):
+            return None
 
     # ---------------------------------------------------------------- the shared path
 

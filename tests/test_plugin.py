@@ -452,3 +452,19 @@ def test_inline_authenticator_with_options(memcached):
 def test_inline_plugin_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         make_plugin(secret=SECRET, **options)
+
+
+def test_an_internal_error_answers_from_the_backend(memcached, caplog, monkeypatch):
+    """Defence in depth: even a bug of ours on the cache path is not a 500."""
+    backend = CountingAuthenticator()
+    plugin = plugin_for(memcached, backend)
+    login(plugin)
+
+    def broken(*args):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(plugin._sealer, "open", broken)
+    with caplog.at_level(logging.ERROR, "repoze_who_memcached"):
+        assert login(plugin)[0] == "user:alice"
+        assert login(plugin, password="no")[0] is None
+    assert "internal error" in caplog.text
