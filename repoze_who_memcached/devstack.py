@@ -46,19 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     ensure_secret(var / "secret")
     memcached = MemcachedServer(port=args.memcached_port, workdir=var / "memcached")
     slapd = SlapdServer(port=args.slapd_port, workdir=var / "slapd")
+    # Whatever happens from here on (a failed start, Ctrl-C at any moment), both servers are
+    # stopped by their own pids before we exit.
     try:
-        memcached.prepare()
-        memcached.start()
-        slapd.prepare()
-        slapd.start()
-    except Exception as exc:
-        memcached.stop()
-        slapd.stop()
-        print(f"devstack: {exc}", file=sys.stderr)
-        return 1
-    print(f"devstack: memcached on {memcached.url}, slapd on {slapd.url} (state in {var})",
-          flush=True)
-    try:
+        try:
+            memcached.prepare()
+            memcached.start()
+            slapd.prepare()
+            slapd.start()
+        except Exception as exc:
+            print(f"devstack: {exc}", file=sys.stderr)
+            return 1
+        print(f"devstack: memcached on {memcached.url}, slapd on {slapd.url} (state in {var})",
+              flush=True)
         if not command:
             signal.pause()
             return 0
@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         slapd.stop()
         memcached.stop()
         print("devstack: memcached and slapd stopped", flush=True)
-
 
 if __name__ == "__main__":
     sys.exit(main())
