@@ -219,3 +219,27 @@ def test_who_ini_with_bad_option_names_it(tmp_path, memcached):
     path = write_ini(tmp_path, text, "who.ini")
     with pytest.raises(ConfigError, match="'ttl'"):
         load_who_config(path)
+
+
+def test_pipeline_with_auth_tkt_by_module_factory(tmp_path, memcached):
+    """Other identifiers come in by ``plugin.NAME = module:factory`` with their options."""
+    app = pipeline_app(tmp_path, memcached, "\n    ".join([
+        "identifiers = tkt basicauth",
+        "authenticators = tkt",
+        "plugin.tkt = repoze.who.plugins.auth_tkt:make_plugin",
+        "plugin.tkt.secret = another-long-secret-for-tickets",
+        "plugin.tkt.cookie_name = session",
+    ]))
+    assert app.get("/?format=json", headers=basic("alice", "wonderland")).json["userid"] == (
+        "user:alice"
+    )
+    # A ticket (as a login view would issue with api.remember) logs in on its own.
+    tkt = app.app.api_factory.name_registry["tkt"]
+    headers = tkt.remember({"HTTP_HOST": "localhost", "REMOTE_ADDR": "127.0.0.1"},
+                           {"repoze.who.userid": "alice"})
+    cookie = headers[0][1].split(";")[0]
+    name, _, value = cookie.partition("=")
+    assert name == "session"
+    again = app.get("/?format=json", headers={"Cookie": cookie}).json
+    assert again["userid"] == "alice"
+    app.get("/", headers={"Cookie": f"{name}=forged{value[6:]}"}, status=401)
