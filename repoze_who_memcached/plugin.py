@@ -415,11 +415,11 @@ class CachingPlugin:
                                "open (%s): forged, corrupted or from another secret",
                                self.name, exc)
             return None
-        if len(stored) != len(generations) or any(
-            current is None or not hmac.compare_digest(_as_bytes(current), token.encode())
-            for current, token in zip(generations, stored, strict=True)
-        ):
-            return None  # invalidated since it was stored
+        if len(stored) != len(generations):
+            return None
+        for current, token in zip(generations, stored, strict=True):
+            if not _is_token(current) or not hmac.compare_digest(current, token.encode()):
+                return None  # invalidated since it was stored
         return record
 
     def _restore(self, identity: dict, record: dict) -> Any:
@@ -532,7 +532,7 @@ class CachingPlugin:
 
 
 _TOKEN_BYTES = 16
-_TOKEN_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_TOKEN_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
 def _new_token() -> bytes:
@@ -543,7 +543,7 @@ def _is_token(value: Any) -> bool:
     return (
         isinstance(value, bytes)
         and len(value) == _TOKEN_BYTES
-        and all(b in _TOKEN_ALPHABET for b in value)
+        and not value.translate(None, _TOKEN_ALPHABET)  # nothing left but our alphabet
     )
 
 

@@ -54,7 +54,9 @@ class Sealer:
             plaintext = self._aead.decrypt(nonce, bytes(sealed[1 + NONCE_BYTES :]), key.encode())
         except InvalidTag:
             raise Unsealable("authentication failed") from None
-        record = json.loads(plaintext, object_hook=_decode_extra)
+        # Only records holding bytes or tuples need the (slower, per-object) hook.
+        decoder = _TAGGED_DECODER if b"\\u0000" in plaintext else _PLAIN_DECODER
+        record = decoder.decode(plaintext.decode("utf-8"))
         if not isinstance(record, dict):
             raise Unsealable("bad record")
         return record
@@ -74,6 +76,10 @@ def _decode_extra(obj: dict[str, Any]) -> Any:
         if _TUPLE_TAG in obj:
             return tuple(obj[_TUPLE_TAG])
     return obj
+
+
+_PLAIN_DECODER = json.JSONDecoder()
+_TAGGED_DECODER = json.JSONDecoder(object_hook=_decode_extra)
 
 
 def tag_tuples(value: Any) -> Any:

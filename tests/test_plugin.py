@@ -468,3 +468,16 @@ def test_an_internal_error_answers_from_the_backend(memcached, caplog, monkeypat
         assert login(plugin)[0] == "user:alice"
         assert login(plugin, password="no")[0] is None
     assert "internal error" in caplog.text
+
+
+def test_key_mac_is_standard_hmac_sha256():
+    import hashlib
+    import hmac
+
+    from repoze_who_memcached.keys import KeyMaker, derive_subkey
+
+    maker = KeyMaker(SECRET.encode())
+    for payload in (b"", b"x", b"entry\0" * 100):
+        expected = hmac.new(derive_subkey(SECRET.encode(), "cache-key"), payload,
+                            hashlib.sha256).digest()
+        assert maker.mac(payload) == expected
