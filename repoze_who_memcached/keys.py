@@ -34,11 +34,7 @@ def derive_subkey(secret: bytes, purpose: str) -> bytes:
 
 def encode_value(value: Any, out: list[bytes]) -> None:
     """Append the canonical, type-tagged encoding of ``value`` to ``out``."""
-    if type(value) is str:  # the common case first, without the isinstance chain
-        data = value.encode("utf-8", "surrogatepass")
-        out.append(b"s%d:" % len(data))
-        out.append(data)
-    elif isinstance(value, str):
+    if isinstance(value, str):
         data = value.encode("utf-8", "surrogatepass")
         out.append(b"s%d:" % len(data))
         out.append(data)
