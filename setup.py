@@ -2,20 +2,23 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, find_packages, setup
 
 HERE = Path(__file__).parent
 
 
-def package_templates() -> list[tuple[str, list[str]]]:
-    """Install ``paster_templates/`` beside the package, file for file, never a ``__pycache__``."""
-    result: dict[str, list[str]] = {}
-    for path in sorted((HERE / "paster_templates").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            rel = path.relative_to(HERE)
-            target = str(Path("share/repoze_who_memcached") / rel.parent)
-            result.setdefault(target, []).append(str(rel))
-    return sorted(result.items())
+def template_files() -> list[str]:
+    """Every file under ``paster_templates/`` (never a ``__pycache__``), for ``package_data``.
+
+    ``paster_templates/`` is installed as the package ``repoze_who_memcached.paster_templates``
+    (see ``package_dir``), so ``importlib.resources`` finds it in editable and wheel installs.
+    """
+    root = HERE / "paster_templates"
+    return sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
 
 
 setup(
@@ -28,9 +31,24 @@ setup(
     long_description_content_type="text/x-rst",
     license="MPL-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["repoze_who_memcached", "repoze_who_memcached.*"]),
+    # Data folders are listed as packages too: setuptools warns that it may stop shipping
+    # folders that look importable but are not listed.
+    packages=[
+        *find_packages(include=["repoze_who_memcached", "repoze_who_memcached.*"]),
+        "repoze_who_memcached.data",
+        "repoze_who_memcached.paster_templates",
+        *(
+            "repoze_who_memcached.paster_templates." + name
+            for name in find_namespace_packages(where="paster_templates", exclude=["*__pycache__*"])
+            if all(part.isidentifier() for part in name.split("."))
+        ),
+    ],
+    package_dir={"repoze_who_memcached.paster_templates": "paster_templates"},
+    package_data={
+        "repoze_who_memcached": ["data/*"],
+        "repoze_who_memcached.paster_templates": template_files(),
+    },
     include_package_data=True,
-    data_files=package_templates(),
     install_requires=[
         "repoze.who>=3.0",
         "zope.interface>=5",
