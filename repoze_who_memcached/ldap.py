@@ -301,10 +301,15 @@ def _parse_common(opts: Options) -> _Settings:
 
 # -- DNs ----------------------------------------------------------------------------------
 
-_DN_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2}|.)")
+_DN_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2}|.)", re.DOTALL)
 
 
-def _unescape_dn_value(value: str) -> str:
+def unescape_dn_value(value: str, errors: str = "replace") -> str:
+    """An RDN value with its ``\\XX`` and ``\\c`` escapes (RFC 4514) resolved.
+
+    ``errors`` is the UTF-8 decoding policy for ``\\XX`` bytes (``strict`` raises
+    UnicodeDecodeError).
+    """
     if "\\" not in value:
         return value
     raw = bytearray()
@@ -315,7 +320,7 @@ def _unescape_dn_value(value: str) -> str:
         raw += bytes([int(token, 16)]) if len(token) == 2 else token.encode("utf-8")
         pos = match.end()
     raw += value[pos:].encode("utf-8")
-    return raw.decode("utf-8", errors="replace")
+    return raw.decode("utf-8", errors=errors)
 
 
 def _dn_key(dn: str, opts: Options | None = None, option: str = "") -> tuple[tuple[str, str], ...]:
@@ -325,7 +330,7 @@ def _dn_key(dn: str, opts: Options | None = None, option: str = "") -> tuple[tup
     """
     try:
         return tuple(
-            (attr.strip().lower(), _unescape_dn_value(value.strip()).lower())
+            (attr.strip().lower(), unescape_dn_value(value.strip()).lower())
             for attr, value, _sep in parse_dn(dn)
         )
     except LDAPInvalidDnError as exc:

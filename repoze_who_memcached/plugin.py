@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from repoze.who.interfaces import IAuthenticator, IMetadataProvider
@@ -34,7 +34,7 @@ from zope.interface import implementer
 from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
-from .keys import KeyMaker, Unencodable, encode_value
+from .keys import KeyMaker, Unencodable, is_encodable
 from .options import Options, build_plugin
 from .sealing import Sealer, Unsealable, tag_tuples
 
@@ -65,6 +65,18 @@ class _Outcome:
     userid: Any = None
     values: dict[str, Any] | None = None
     failed: bool = False
+
+
+@dataclass
+class _Lookup:
+    """One cached call in progress: what it asks, and where its keys live."""
+
+    method: str
+    call: Any  # the wrapped plugin's bound method
+    entry_key: str
+    route: str  # the key that picks the server (the user's generation key)
+    generation_keys: list[str]
+    generations: list[Any] = field(default_factory=list)  # the tokens as last read
 
 
 class _Flight:
@@ -210,11 +222,7 @@ class CachingPlugin:
         items = [(USERID, userid)]
         if self.key_items:
             items += [(name, identity.get(name)) for name in self.key_items]
-        try:
-            encode_value(items, [])
-        except (Unencodable, RecursionError):
-            items = None
-        if userid is None or items is None:
+        if userid is None or not is_encodable(items):
             self._record(environ, ADD_METADATA, "uncached")
             self._call_backend(wrapped.add_metadata, environ, identity)
             return
@@ -249,10 +257,10 @@ class CachingPlugin:
                 for name, value in identity.items()
                 if name not in BOOKKEEPING_ITEMS
                 and isinstance(name, str)
-                and (isinstance(value, _SIMPLE_TYPES) or _encodable(value))
+                and (isinstance(value, _SIMPLE_TYPES) or is_encodable(value))
             )
             return items
-        return items if _encodable(items) else None
+        return items if is_encodable(items) else None
 
     def _cached_call(
         self,
@@ -266,10 +274,8 @@ class CachingPlugin:
         entry_key = self._keys.entry_key(method, items)
         generation_keys = [self._namespace_key] + ([user_key] if user_key else [])
         # All of a user's keys live on one server: one round trip, whatever the cluster.
-        route = user_key or entry_key
-        found = self.backend.get_multi([entry_key, *generation_keys], route)
-        generations = [found.get(k) for k in generation_keys]
-        record = self._open(entry_key, found.get(entry_key), generations)
+        lookup = _Lookup(method, call, entry_key, user_key or entry_key, generation_keys)
+        record = self._fetch(lookup)
         now = time.time()
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
@@ -278,9 +284,7 @@ class CachingPlugin:
             return self._restore(identity, record)
 
         self.counters.incr("misses")
-        outcome = self._coalesced_backend_call(
-            entry_key, route, generation_keys, generations, method, call, environ, identity
-        )
+        outcome = self._coalesced_backend_call(lookup, environ, identity)
         if outcome.failed:
             if (
                 record is not None
@@ -301,49 +305,34 @@ class CachingPlugin:
             identity.update(outcome.values)
         return outcome.userid
 
-    def _coalesced_backend_call(
-        self,
-        entry_key: str,
-        route: str,
-        generation_keys: list[str],
-        generations: list[Any],
-        method: str,
-        call: Any,
-        environ: dict,
-        identity: dict,
-    ) -> _Outcome:
+    def _fetch(self, lookup: _Lookup) -> dict | None:
+        """One round trip: the entry and its generation tokens; the record if it is valid."""
+        found = self.backend.get_multi([lookup.entry_key, *lookup.generation_keys], lookup.route)
+        lookup.generations = [found.get(k) for k in lookup.generation_keys]
+        return self._open(lookup.entry_key, found.get(lookup.entry_key), lookup.generations)
+
+    def _coalesced_backend_call(self, lookup: _Lookup, environ: dict, identity: dict) -> _Outcome:
         """Ask the wrapped plugin once for all threads missing on this key right now."""
         with self._flights_lock:
-            flight = self._flights.get(entry_key)
+            flight = self._flights.get(lookup.entry_key)
             leader = flight is None
             if leader:
-                flight = self._flights[entry_key] = _Flight()
+                flight = self._flights[lookup.entry_key] = _Flight()
         if not leader:
             self.counters.incr("coalesced")
             if flight.done.wait(_COALESCE_WAIT):
                 return flight.outcome
-            return self._call_backend(call, environ, identity)  # the leader is stuck: go alone
+            # The leader is stuck: go alone.
+            return self._call_backend(lookup.call, environ, identity)
         try:
-            flight.outcome = self._locked_backend_call(
-                entry_key, route, generation_keys, generations, method, call, environ, identity
-            )
+            flight.outcome = self._locked_backend_call(lookup, environ, identity)
             return flight.outcome
         finally:
             with self._flights_lock:
-                del self._flights[entry_key]
+                del self._flights[lookup.entry_key]
             flight.done.set()
 
-    def _locked_backend_call(
-        self,
-        entry_key: str,
-        route: str,
-        generation_keys: list[str],
-        generations: list[Any],
-        method: str,
-        call: Any,
-        environ: dict,
-        identity: dict,
-    ) -> _Outcome:
+    def _locked_backend_call(self, lookup: _Lookup, environ: dict, identity: dict) -> _Outcome:
         """With ``lock_timeout``, one process in the cluster asks; the others wait for its entry.
 
         The lock is a memcached ``add`` that expires after ``lock_timeout`` seconds, so a
@@ -351,29 +340,27 @@ class CachingPlugin:
         """
         lock_key = None
         if self.lock_timeout:
-            lock_key = self._keys.lock_key(entry_key)
-            if not self.backend.add(lock_key, b"1", self.lock_timeout, route):
+            lock_key = self._keys.lock_key(lookup.entry_key)
+            if not self.backend.add(lock_key, b"1", self.lock_timeout, lookup.route):
                 self.counters.incr("lock_waits")
                 deadline = time.monotonic() + self.lock_timeout
                 while time.monotonic() < deadline:
                     time.sleep(_LOCK_POLL)
-                    found = self.backend.get_multi([entry_key, *generation_keys], route)
-                    fresh = [found.get(k) for k in generation_keys]
-                    record = self._open(entry_key, found.get(entry_key), fresh)
+                    record = self._fetch(lookup)
                     if record is not None and time.time() < record[_EXPIRES]:
                         values = dict(record[_VALUES])
                         return _Outcome(userid=record.get(_USERID), values=values)
                 lock_key = None  # the holder never delivered: ask ourselves, lock-free
         try:
             before = dict(identity)
-            outcome = self._call_backend(call, environ, identity)
+            outcome = self._call_backend(lookup.call, environ, identity)
             if not outcome.failed:
                 outcome.values = self._added_values(before, identity)
-                self._store(entry_key, route, generation_keys, generations, method, outcome)
+                self._store(lookup, outcome)
             return outcome
         finally:
             if lock_key is not None:
-                self.backend.delete(lock_key, route)
+                self.backend.delete(lock_key, lookup.route)
 
     def _call_backend(self, call: Any, environ: dict, identity: dict) -> _Outcome:
         """Call the wrapped plugin; an exception becomes a logged failure, never a 500."""
@@ -428,16 +415,8 @@ class CachingPlugin:
             identity.update(values)
         return record.get(_USERID)
 
-    def _store(
-        self,
-        entry_key: str,
-        route: str,
-        generation_keys: list[str],
-        generations: list[Any],
-        method: str,
-        outcome: _Outcome,
-    ) -> None:
-        positive = method == ADD_METADATA or outcome.userid is not None
+    def _store(self, lookup: _Lookup, outcome: _Outcome) -> None:
+        positive = lookup.method == ADD_METADATA or outcome.userid is not None
         ttl = self.ttl if positive else self.negative_ttl
         if not ttl:
             return
@@ -451,8 +430,8 @@ class CachingPlugin:
             )
             return
         tokens = [
-            current if _is_token(current) else self._create_generation(key, route, current)
-            for key, current in zip(generation_keys, generations, strict=True)
+            current if _is_token(current) else self._create_generation(key, lookup.route, current)
+            for key, current in zip(lookup.generation_keys, lookup.generations, strict=True)
         ]
         if any(t is None for t in tokens):
             return  # memcached is unreachable: nothing to store into
@@ -465,11 +444,11 @@ class CachingPlugin:
         }
         expire = ttl + (self.stale_ttl if positive else 0)
         try:
-            sealed = self._sealer.seal(entry_key, record)
+            sealed = self._sealer.seal(lookup.entry_key, record)
         except (TypeError, ValueError) as exc:  # _cacheable let through what JSON refuses
             self._warn.warning("uncacheable", "cache %s: not caching: %s", self.name, exc)
             return
-        if not self.backend.set(entry_key, sealed, expire, route):
+        if not self.backend.set(lookup.entry_key, sealed, expire, lookup.route):
             self.counters.incr("cache_errors")
 
     def _create_generation(self, key: str, route: str, current: Any) -> bytes | None:
@@ -553,14 +532,6 @@ def _as_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "replace")
     return repr(value).encode()
-
-
-def _encodable(value: Any) -> bool:
-    try:
-        encode_value(value, [])
-    except (Unencodable, RecursionError):
-        return False
-    return True
 
 
 def _cacheable(value: Any) -> bool:

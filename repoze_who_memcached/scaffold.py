@@ -41,6 +41,7 @@ from paste.script.templates import Template, var
 from paste.util.template import paste_script_template_renderer
 
 from . import __version__
+from .ldap import unescape_dn_value
 
 TEMPLATE_PACKAGE = "repoze_who_memcached.paster_templates"
 TEMPLATE_NAME = "repoze_who_memcached_ldap"
@@ -197,20 +198,9 @@ class Dn:
         return Dn(self.rdns[len(self.rdns) - max(n, 1) :])
 
 
-_DN_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2}|.)", re.DOTALL)
-
-
 def _unescape_dn_value(value: str, name: str) -> str:
-    raw = bytearray()
-    pos = 0
-    for match in _DN_ESCAPE.finditer(value):
-        raw += value[pos : match.start()].encode("utf-8")
-        token = match.group(1)
-        raw += bytes([int(token, 16)]) if len(token) == 2 else token.encode("utf-8")
-        pos = match.end()
-    raw += value[pos:].encode("utf-8")
     try:
-        return raw.decode("utf-8")
+        return unescape_dn_value(value, errors="strict")
     except UnicodeDecodeError:
         raise TemplateValueError(f"{name}: {value!r}: its \\XX escapes are not UTF-8") from None
 
