@@ -25,7 +25,7 @@ from typing import Any
 from repoze.who.api import API, APIFactory, make_registries
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.config import WhoConfig
-from repoze.who.interfaces import IAuthenticator, IChallenger, IIdentifier, IMetadataProvider
+from repoze.who.interfaces import IAuthenticator, IChallenger, IIdentifier
 from repoze.who.middleware import PluggableAuthenticationMiddleware
 
 from .errors import ConfigError
@@ -180,6 +180,18 @@ def make_api_factory_with_config(global_conf: Mapping[str, Any], config_file: st
 # ------------------------------------------------------------------ PasteDeploy filter
 
 
+class MiddlewareFactory:
+    """What ``paste.filter_factory`` returns: wraps an app; also tells the CLI its caches."""
+
+    def __init__(self, build: Callable[[Any], AuthMiddleware],
+                 cache_plugins: list[CachingPlugin]) -> None:
+        self._build = build
+        self.cache_plugins = cache_plugins
+
+    def __call__(self, app: Any) -> AuthMiddleware:
+        return self._build(app)
+
+
 def make_filter(global_conf: Mapping[str, Any], **local_conf: Any) -> MiddlewareFactory:
     """``paste.filter_factory``: everything is built and checked now, at pipeline load."""
     return build_middleware_factory(global_conf, local_conf)
@@ -267,18 +279,6 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
     return MiddlewareFactory(build, list({id(p): p for p in caches}.values()))
 
 
-class MiddlewareFactory:
-    """What ``paste.filter_factory`` returns: wraps an app; also tells the CLI its caches."""
-
-    def __init__(self, build: Callable[[Any], AuthMiddleware],
-                 cache_plugins: list[CachingPlugin]) -> None:
-        self._build = build
-        self.cache_plugins = cache_plugins
-
-    def __call__(self, app: Any) -> AuthMiddleware:
-        return self._build(app)
-
-
 def _cache_options(opts: Options, local_conf: Mapping[str, Any]) -> dict[str, Any]:
     """What is left of the section after the filter's own options: the cache's options."""
     taken = {}
@@ -309,7 +309,7 @@ def _optional_object(opts: Options, name: str) -> Any:
 
 __all__ = [
     "AuthMiddleware",
-    "IMetadataProvider",
+    "MiddlewareFactory",
     "PrebuiltAPIFactory",
     "build_middleware_factory",
     "load_who_config",
