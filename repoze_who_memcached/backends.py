@@ -116,7 +116,7 @@ class BackendSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_verify: bool = True
-    max_pool_size: int = 32
+    max_pool_size: int = 0  # 0: unbounded (pymemcache raises, not waits, when a pool is full)
 
     @property
     def tls(self) -> bool:
@@ -347,6 +347,14 @@ class PymemcacheBackend(CacheBackend):
     def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
         super().__init__(settings, report_error)
         from pymemcache.client.base import PooledClient
+        from pymemcache.exceptions import (
+            MemcacheServerError,
+            MemcacheUnexpectedCloseError,
+            MemcacheUnknownError,
+        )
+
+        self._server_faults = (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
+                               MemcacheUnknownError)
 
         tls_context = _tls_context(settings) if settings.tls else None
         self._clients = [
@@ -355,7 +363,7 @@ class PymemcacheBackend(CacheBackend):
                 connect_timeout=settings.connect_timeout,
                 timeout=settings.socket_timeout,
                 no_delay=True,
-                max_pool_size=settings.max_pool_size,
+                max_pool_size=settings.max_pool_size or None,  # None: one per thread
                 default_noreply=False,
                 tls_context=tls_context,
             )
@@ -374,8 +382,11 @@ class PymemcacheBackend(CacheBackend):
         return None
 
     def _failed(self, index: int, what: str, exc: BaseException) -> None:
-        with self._lock:
-            self._dead_until[index] = time.monotonic() + self.settings.dead_retry
+        # Only a server that failed us is skipped for dead_retry; our own limits (a full
+        # connection pool, a refused value) say nothing about the server.
+        if isinstance(exc, self._server_faults):
+            with self._lock:
+                self._dead_until[index] = time.monotonic() + self.settings.dead_retry
         self.report_error(self._names[index], f"{what}: {type(exc).__name__}: {exc}")
 
     def _run(self, route: str, what: str, default: Any, call: Callable[[Any], Any]) -> Any:

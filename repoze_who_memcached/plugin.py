@@ -311,6 +311,13 @@ class CachingPlugin:
         lookup.generations = [found.get(k) for k in lookup.generation_keys]
         return self._open(lookup.entry_key, found.get(lookup.entry_key), lookup.generations)
 
+    def _fresh_outcome(self, lookup: _Lookup) -> _Outcome | None:
+        """The answer another thread or process stored meanwhile, if any."""
+        record = self._fetch(lookup)
+        if record is None or time.time() >= record[_EXPIRES]:
+            return None
+        return _Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]))
+
     def _coalesced_backend_call(self, lookup: _Lookup, environ: dict, identity: dict) -> _Outcome:
         """Ask the wrapped plugin once for all threads missing on this key right now."""
         with self._flights_lock:
@@ -346,12 +353,17 @@ class CachingPlugin:
                 deadline = time.monotonic() + self.lock_timeout
                 while time.monotonic() < deadline:
                     time.sleep(_LOCK_POLL)
-                    record = self._fetch(lookup)
-                    if record is not None and time.time() < record[_EXPIRES]:
-                        values = dict(record[_VALUES])
-                        return _Outcome(userid=record.get(_USERID), values=values)
+                    outcome = self._fresh_outcome(lookup)
+                    if outcome is not None:
+                        return outcome
                 lock_key = None  # the holder never delivered: ask ourselves, lock-free
         try:
+            # Look once more: a thread or process that got here first may have stored the
+            # answer between our miss and our turn (it released its flight or lock since).
+            outcome = self._fresh_outcome(lookup)
+            if outcome is not None:
+                self.counters.incr("coalesced")
+                return outcome
             before = dict(identity)
             outcome = self._call_backend(lookup.call, environ, identity)
             if not outcome.failed:
@@ -573,7 +585,7 @@ def make_plugin(**options: Any) -> CachingPlugin:
         tls_cert_file=_existing_file(opts, "memcached_tls_cert_file"),
         tls_key_file=_existing_file(opts, "memcached_tls_key_file"),
         tls_verify=opts.bool("memcached_tls_verify", True),
-        max_pool_size=opts.int("max_pool_size", 32, minimum=1, maximum=4096),
+        max_pool_size=opts.int("max_pool_size", 0, minimum=0, maximum=4096),
     )
     client = opts.choice("memcached_client", "python-memcached", CLIENT_CHOICES)
     if settings.tls and client != "pymemcache":

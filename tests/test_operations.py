@@ -427,3 +427,27 @@ def test_cli_usage_errors(argv):
     with pytest.raises(SystemExit) as exc:
         cli_main(argv)
     assert exc.value.code == 2
+
+
+def test_late_leader_looks_again_before_calling_the_backend(memcached, monkeypatch):
+    """A request that missed just before another server stored the answer, and becomes
+    leader just after, uses that answer instead of asking the backend again."""
+    CountingAuthenticator()
+    first_backend, second_backend = CountingAuthenticator(), CountingAuthenticator()
+    first = plugin_for(memcached, first_backend)
+    second = plugin_for(memcached, second_backend)
+    real_get_multi = second.backend.get_multi
+    reads = []
+
+    def get_multi_racing(keys, route):
+        reads.append(keys)
+        if len(reads) == 1:  # our first read happens before the other server stores...
+            found = real_get_multi(keys, route)
+            login(first)  # ...which it does right now
+            return {k: v for k, v in found.items() if k != keys[0]}
+        return real_get_multi(keys, route)
+
+    monkeypatch.setattr(second.backend, "get_multi", get_multi_racing)
+    userid, identity, _ = login(second)
+    assert userid == "user:alice" and identity["email"] == "alice@example.org"
+    assert (first_backend.calls, second_backend.calls) == (1, 0)
