@@ -19,8 +19,8 @@ Two backends:
   ``threading.local``, so each thread gets its own sockets: safe under waitress as is.
   Pickle is refused: a value flagged as pickled by whoever wrote memcached is dropped,
   never unpickled.
-* :class:`PymemcacheBackend`: pymemcache, one thread-safe ``PooledClient`` per server, with
-  TLS. Server selection is ours (a consistent-hash ring built once at start-up), because
+* :class:`PymemcacheBackend`: pymemcache, one ``Client`` per server and thread, with TLS.
+  Server selection is ours (a consistent-hash ring built once at start-up), because
   pymemcache's ``HashClient`` re-hashes every key against every server on each call.
 """
 
@@ -32,6 +32,7 @@ import hashlib
 import ssl
 import threading
 import time
+import weakref
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -116,7 +117,6 @@ class BackendSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_verify: bool = True
-    max_pool_size: int = 0  # 0: unbounded (pymemcache raises, not waits, when a pool is full)
 
     @property
     def tls(self) -> bool:
@@ -279,12 +279,15 @@ def _make_python_memcached_client(settings: BackendSettings, report_error: Error
             super().set_servers(servers)
             for host in self.servers:
                 host.debug = 1
-                host.debuglog = lambda message, host=host: report_error(
-                    f"{host.ip}:{host.port}" if hasattr(host, "ip") else str(host), message
-                )
+                host.debuglog = lambda message, host=host: _report_host(host, message)
 
         def debuglog(self, message: str) -> None:
             report_error("*", message)
+
+    def _report_host(host: Any, message: str) -> None:
+        if "NOT_STORED" in message:
+            return  # a lost add race (a held lock): an answer, not a fault
+        report_error(f"{host.ip}:{host.port}" if hasattr(host, "ip") else str(host), message)
 
     return ReportingClient(
         [str(s) for s in settings.servers],
@@ -344,9 +347,12 @@ class ConsistentHashRing:
 
 
 class PymemcacheBackend(CacheBackend):
+    """pymemcache with our own server selection and one plain ``Client`` per server and
+    thread (like python-memcached's model): no pool to exhaust, no pool to pay for."""
+
     def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
         super().__init__(settings, report_error)
-        from pymemcache.client.base import PooledClient
+        from pymemcache.client.base import Client
         from pymemcache.exceptions import (
             MemcacheServerError,
             MemcacheUnexpectedCloseError,
@@ -355,24 +361,34 @@ class PymemcacheBackend(CacheBackend):
 
         self._server_faults = (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
                                MemcacheUnknownError)
-
         tls_context = _tls_context(settings) if settings.tls else None
-        self._clients = [
-            PooledClient(
+        self._make_clients = lambda: [
+            Client(
                 (s.unix_path if s.unix_path is not None else (s.host, s.port)),
                 connect_timeout=settings.connect_timeout,
                 timeout=settings.socket_timeout,
                 no_delay=True,
-                max_pool_size=settings.max_pool_size or None,  # None: one per thread
                 default_noreply=False,
                 tls_context=tls_context,
             )
             for s in settings.servers
         ]
+        self._local = threading.local()
+        self._every_client: weakref.WeakSet = weakref.WeakSet()  # for close()
         self._names = [str(s) for s in settings.servers]
-        self._ring = ConsistentHashRing(len(self._clients))
-        self._dead_until = [0.0] * len(self._clients)
+        self._ring = ConsistentHashRing(len(self._names))
+        self._dead_until = [0.0] * len(self._names)
         self._lock = threading.Lock()
+
+    @property
+    def _clients(self) -> list[Any]:
+        """This thread's clients (made on first use; a thread's end closes them)."""
+        clients = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = self._make_clients()
+            with self._lock:
+                self._every_client.update(clients)
+        return clients
 
     def _server_for(self, key: str) -> int | None:
         now = time.monotonic()
@@ -437,7 +453,9 @@ class PymemcacheBackend(CacheBackend):
         return reports
 
     def close(self) -> None:
-        for client in self._clients:
+        with self._lock:
+            clients = list(self._every_client)
+        for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
 

@@ -349,14 +349,17 @@ class CachingPlugin:
         if self.lock_timeout:
             lock_key = self._keys.lock_key(lookup.entry_key)
             if not self.backend.add(lock_key, b"1", self.lock_timeout, lookup.route):
-                self.counters.incr("lock_waits")
-                deadline = time.monotonic() + self.lock_timeout
-                while time.monotonic() < deadline:
-                    time.sleep(_LOCK_POLL)
-                    outcome = self._fresh_outcome(lookup)
-                    if outcome is not None:
-                        return outcome
-                lock_key = None  # the holder never delivered: ask ourselves, lock-free
+                # Not ours. Wait only for a lock that exists: when memcached is failing, an
+                # add fails too, and waiting would add lock_timeout to every miss.
+                if lock_key in self.backend.get_multi([lock_key], lookup.route):
+                    self.counters.incr("lock_waits")
+                    deadline = time.monotonic() + self.lock_timeout
+                    while time.monotonic() < deadline:
+                        time.sleep(_LOCK_POLL)
+                        outcome = self._fresh_outcome(lookup)
+                        if outcome is not None:
+                            return outcome
+                lock_key = None  # no holder delivered: ask ourselves, lock-free
         try:
             # Look once more: a thread or process that got here first may have stored the
             # answer between our miss and our turn (it released its flight or lock since).
@@ -585,7 +588,6 @@ def make_plugin(**options: Any) -> CachingPlugin:
         tls_cert_file=_existing_file(opts, "memcached_tls_cert_file"),
         tls_key_file=_existing_file(opts, "memcached_tls_key_file"),
         tls_verify=opts.bool("memcached_tls_verify", True),
-        max_pool_size=opts.int("max_pool_size", 0, minimum=0, maximum=4096),
     )
     client = opts.choice("memcached_client", "python-memcached", CLIENT_CHOICES)
     if settings.tls and client != "pymemcache":

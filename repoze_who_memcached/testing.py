@@ -466,6 +466,10 @@ suffix "{self.suffix}"
 rootdn "{self.root_dn}"
 rootpw "{self.root_password}"
 directory "{self.db_dir}"
+# Equality indexes, as any real directory has: without them every login scans every entry.
+index objectClass eq
+index uid eq
+index member eq
 
 access to attrs=userPassword
     by anonymous auth

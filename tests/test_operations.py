@@ -451,3 +451,37 @@ def test_late_leader_looks_again_before_calling_the_backend(memcached, monkeypat
     userid, identity, _ = login(second)
     assert userid == "user:alice" and identity["email"] == "alice@example.org"
     assert (first_backend.calls, second_backend.calls) == (1, 0)
+
+
+def test_lock_timeout_adds_no_wait_when_memcached_is_down(private_memcached):
+    backend = CountingAuthenticator()
+    plugin = plugin_for(private_memcached, backend, lock_timeout="5", dead_retry="0")
+    private_memcached.stop()
+    started = time.monotonic()
+    for _ in range(3):
+        assert login(plugin)[0] == "user:alice"
+    assert time.monotonic() - started < 3  # not 3 x lock_timeout
+    assert plugin.counters.snapshot()["lock_waits"] == 0
+
+
+@pytest.mark.parametrize("client", ["python-memcached", "pymemcache"])
+def test_many_threads_no_cache_errors(memcached, client):
+    """More threads than any pool: no client-side limit shows up as a cache error, and a
+    lost add race (a held lock) is not an error either."""
+    backend = CountingAuthenticator(delay=0.2)
+    plugin = plugin_for(memcached, backend, memcached_client=client, lock_timeout="5")
+    barrier = threading.Barrier(64)
+    results: list = []
+
+    def work():
+        barrier.wait()
+        results.append(login(plugin)[0])
+
+    threads = [threading.Thread(target=work) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["user:alice"] * 64
+    assert backend.calls == 1
+    assert plugin.counters.snapshot()["cache_errors"] == 0
