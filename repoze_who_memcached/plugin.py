@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from repoze.who.interfaces import IAuthenticator, IMetadataProvider
@@ -76,7 +76,7 @@ class _Lookup:
     entry_key: str
     route: str  # the key that picks the server (the user's generation key)
     generation_keys: list[str]
-    generations: list[Any] = field(default_factory=list)  # the tokens as last read
+    generations: list[Any]  # the tokens as last read
 
 
 class _Flight:
@@ -195,7 +195,7 @@ class CachingPlugin:
     # ---------------------------------------------------------------- IAuthenticator
 
     def authenticate(self, environ: dict, identity: dict) -> Any:
-        wrapped = self._wrapped(environ, "authenticator")
+        wrapped = self.authenticator or self._wrapped(environ, "authenticator")
         if wrapped is None:
             return None
         items = self._authenticate_items(identity)
@@ -215,7 +215,7 @@ class CachingPlugin:
     # ---------------------------------------------------------------- IMetadataProvider
 
     def add_metadata(self, environ: dict, identity: dict) -> None:
-        wrapped = self._wrapped(environ, "mdprovider")
+        wrapped = self.mdprovider or self._wrapped(environ, "mdprovider")
         if wrapped is None:
             return
         userid = identity.get(USERID)
@@ -272,10 +272,12 @@ class CachingPlugin:
         user_key: str | None,
     ) -> Any:
         entry_key = self._keys.entry_key(method, items)
-        generation_keys = [self._namespace_key] + ([user_key] if user_key else [])
+        if user_key:
+            generation_keys, route = [self._namespace_key, user_key], user_key
+        else:
+            generation_keys, route = [self._namespace_key], entry_key
         # All of a user's keys live on one server: one round trip, whatever the cluster.
-        lookup = _Lookup(method, call, entry_key, user_key or entry_key, generation_keys)
-        record = self._fetch(lookup)
+        record, generations = self._fetch(entry_key, generation_keys, route)
         now = time.time()
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
@@ -284,6 +286,7 @@ class CachingPlugin:
             return self._restore(identity, record)
 
         self.counters.incr("misses")
+        lookup = _Lookup(method, call, entry_key, route, generation_keys, generations)
         outcome = self._coalesced_backend_call(lookup, environ, identity)
         if outcome.failed:
             if (
@@ -305,15 +308,20 @@ class CachingPlugin:
             identity.update(outcome.values)
         return outcome.userid
 
-    def _fetch(self, lookup: _Lookup) -> dict | None:
-        """One round trip: the entry and its generation tokens; the record if it is valid."""
-        found = self.backend.get_multi([lookup.entry_key, *lookup.generation_keys], lookup.route)
-        lookup.generations = [found.get(k) for k in lookup.generation_keys]
-        return self._open(lookup.entry_key, found.get(lookup.entry_key), lookup.generations)
+    def _fetch(
+        self, entry_key: str, generation_keys: list[str], route: str
+    ) -> tuple[dict | None, list[Any]]:
+        """One round trip: the entry and its generation tokens. Returns the record (None
+        unless it opens and its generations are current) and the tokens as read."""
+        found = self.backend.get_multi([entry_key, *generation_keys], route)
+        generations = [found.get(k) for k in generation_keys]
+        return self._open(entry_key, found.get(entry_key), generations), generations
 
     def _fresh_outcome(self, lookup: _Lookup) -> _Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
-        record = self._fetch(lookup)
+        record, lookup.generations = self._fetch(
+            lookup.entry_key, lookup.generation_keys, lookup.route
+        )
         if record is None or time.time() >= record[_EXPIRES]:
             return None
         return _Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]))
@@ -420,7 +428,7 @@ class CachingPlugin:
         if len(stored) != len(generations):
             return None
         for current, token in zip(generations, stored, strict=True):
-            if not _is_token(current) or not hmac.compare_digest(current, token.encode()):
+            if type(current) is not bytes or not hmac.compare_digest(current, token.encode()):
                 return None  # invalidated since it was stored
         return record
 
