@@ -361,6 +361,8 @@ class PymemcacheBackend(CacheBackend):
 
         self._server_faults = (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
                                MemcacheUnknownError)
+        self._stale_connection = (MemcacheUnexpectedCloseError, BrokenPipeError,
+                                  ConnectionResetError, ConnectionAbortedError)
         tls_context = _tls_context(settings) if settings.tls else None
         self._make_clients = lambda: [
             Client(
@@ -410,10 +412,20 @@ class PymemcacheBackend(CacheBackend):
         if index is None:
             return default
         try:
-            return call(self._clients[index])
+            return self._call(self._clients[index], call)
         except Exception as exc:
             self._failed(index, what, exc)
             return default
+
+    def _call(self, client: Any, call: Callable[[Any], Any]) -> Any:
+        """``call(client)``, once more on a fresh connection if the reused one turned out to
+        be closed (memcached restarted since this thread last used it). Without this, each
+        thread's stale socket would mark the server dead again, one thread after another."""
+        try:
+            return call(client)
+        except self._stale_connection:
+            client.close()
+            return call(client)
 
     def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
         return self._run(route, "get_multi", {}, lambda c: c.get_many(keys))
@@ -435,7 +447,7 @@ class PymemcacheBackend(CacheBackend):
         failed = []
         for index, client in enumerate(self._clients):
             try:
-                if not client.set(key, value, 0, noreply=False):
+                if not self._call(client, lambda c: c.set(key, value, 0, noreply=False)):
                     failed.append(self._names[index])
             except Exception as exc:
                 self._failed(index, "set", exc)

@@ -108,8 +108,7 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             identifiers, authenticators, challengers, mdproviders, request_classifier,
             challenge_decider, remote_user_key, self.logger,
         )
-        self.cache_plugins = [p for _, p in authenticators + mdproviders
-                              if isinstance(p, CachingPlugin)]
+        self.cache_plugins = _unique_caches(p for _, p in [*authenticators, *mdproviders])
 
 
 # ------------------------------------------------------------------ who.ini route
@@ -210,7 +209,7 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
         config = load_who_config(config_file, global_conf.get("here"))
         return MiddlewareFactory(
             lambda app: make_middleware_from_who_config(app, config, remote_user_key),
-            [p for p in config.plugins.values() if isinstance(p, CachingPlugin)],
+            _unique_caches(config.plugins.values()),
         )
 
     realm = opts.str("realm", DEFAULT_REALM)
@@ -275,8 +274,12 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
                               request_classifier, challenge_decider,
                               remote_user_key=remote_user_key or "REMOTE_USER")
 
-    caches = [p for _, p in authenticators + mdproviders if isinstance(p, CachingPlugin)]
-    return MiddlewareFactory(build, list({id(p): p for p in caches}.values()))
+    return MiddlewareFactory(build, _unique_caches(p for _, p in [*authenticators, *mdproviders]))
+
+
+def _unique_caches(plugins: Iterable[Any]) -> list[CachingPlugin]:
+    """Our cache plugins among ``plugins``, each once (one plugin may play both roles)."""
+    return list({id(p): p for p in plugins if isinstance(p, CachingPlugin)}.values())
 
 
 def _cache_options(opts: Options, local_conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -136,6 +136,7 @@ class CachingPlugin:
         self._sealer = Sealer(secret)
         self._namespace_key = self._keys.namespace_generation_key()
         self._flights: dict[str, _Flight] = {}
+        self._lock_token = _new_token()  # marks the memcached locks this plugin takes
         self._flights_lock = threading.Lock()
         self._warn = RateLimitedLog(logger)
         # With neither a plugin nor a name to find one by, this plugin would silently do
@@ -309,22 +310,22 @@ class CachingPlugin:
         return outcome.userid
 
     def _fetch(
-        self, entry_key: str, generation_keys: list[str], route: str
+        self, entry_key: str, generation_keys: list[str], route: str, *also: str
     ) -> tuple[dict | None, list[Any]]:
-        """One round trip: the entry and its generation tokens. Returns the record (None
-        unless it opens and its generations are current) and the tokens as read."""
-        found = self.backend.get_multi([entry_key, *generation_keys], route)
+        """One round trip: the entry, its generation tokens (and the keys ``also`` asked
+        for, returned as the tokens' tail). Returns the record (None unless it opens and its
+        generations are current) and the tokens as read."""
+        found = self.backend.get_multi([entry_key, *generation_keys, *also], route)
         generations = [found.get(k) for k in generation_keys]
-        return self._open(entry_key, found.get(entry_key), generations), generations
+        record = self._open(entry_key, found.get(entry_key), generations)
+        return record, generations + [found.get(k) for k in also]
 
     def _fresh_outcome(self, lookup: _Lookup) -> _Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
         record, lookup.generations = self._fetch(
             lookup.entry_key, lookup.generation_keys, lookup.route
         )
-        if record is None or time.time() >= record[_EXPIRES]:
-            return None
-        return _Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]))
+        return _outcome_of(record)
 
     def _coalesced_backend_call(self, lookup: _Lookup, environ: dict, identity: dict) -> _Outcome:
         """Ask the wrapped plugin once for all threads missing on this key right now."""
@@ -356,17 +357,15 @@ class CachingPlugin:
         lock_key = None
         if self.lock_timeout:
             lock_key = self._keys.lock_key(lookup.entry_key)
-            if not self.backend.add(lock_key, b"1", self.lock_timeout, lookup.route):
-                # Not ours. Wait only for a lock that exists: when memcached is failing, an
-                # add fails too, and waiting would add lock_timeout to every miss.
-                if lock_key in self.backend.get_multi([lock_key], lookup.route):
-                    self.counters.incr("lock_waits")
-                    deadline = time.monotonic() + self.lock_timeout
-                    while time.monotonic() < deadline:
-                        time.sleep(_LOCK_POLL)
-                        outcome = self._fresh_outcome(lookup)
-                        if outcome is not None:
-                            return outcome
+            if not self.backend.add(lock_key, self._lock_token, self.lock_timeout, lookup.route):
+                holder = self.backend.get_multi([lock_key], lookup.route).get(lock_key)
+                # Wait only for another process's lock. No lock to see means memcached is
+                # failing (an add fails too); our own token means a lock whose release
+                # failed (threads of this process take turns by flights, never by locks).
+                if holder is not None and holder != self._lock_token:
+                    outcome = self._wait_for_lock_holder(lookup, lock_key)
+                    if outcome is not None:
+                        return outcome
                 lock_key = None  # no holder delivered: ask ourselves, lock-free
         try:
             # Look once more: a thread or process that got here first may have stored the
@@ -384,6 +383,22 @@ class CachingPlugin:
         finally:
             if lock_key is not None:
                 self.backend.delete(lock_key, lookup.route)
+
+    def _wait_for_lock_holder(self, lookup: _Lookup, lock_key: str) -> _Outcome | None:
+        """Poll for the holder's answer until it is stored, the lock is gone (the holder
+        stored nothing: a denial without negative_ttl, or an error), or lock_timeout."""
+        self.counters.incr("lock_waits")
+        deadline = time.monotonic() + self.lock_timeout
+        while time.monotonic() < deadline:
+            time.sleep(_LOCK_POLL)
+            record, tokens = self._fetch(
+                lookup.entry_key, lookup.generation_keys, lookup.route, lock_key
+            )
+            lookup.generations = tokens[:-1]
+            outcome = _outcome_of(record)
+            if outcome is not None or tokens[-1] is None:
+                return outcome
+        return None
 
     def _call_backend(self, call: Any, environ: dict, identity: dict) -> _Outcome:
         """Call the wrapped plugin; an exception becomes a logged failure, never a 500."""
@@ -535,6 +550,13 @@ class CachingPlugin:
 
 _TOKEN_BYTES = 16
 _TOKEN_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _outcome_of(record: dict | None) -> _Outcome | None:
+    """A fresh record as the outcome of a backend call (None if there is none)."""
+    if record is None or time.time() >= record[_EXPIRES]:
+        return None
+    return _Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]))
 
 
 def _new_token() -> bytes:

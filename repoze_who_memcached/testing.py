@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import ipaddress
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -33,9 +34,35 @@ LOOPBACK = "127.0.0.1"
 MEMCACHED_PROGRAM = "/usr/bin/memcached"
 
 
+# The ports of `make serve` (development.ini): tests never take them.
+DEV_PORTS = frozenset({6543, 22122, 3890})
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port nobody listens on right now (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port nobody listens on now, below the kernel's ephemeral range.
+
+    Servers here may be stopped and started again on the same port mid-test. A port from the
+    ephemeral range (what binding port 0 gives) can meanwhile be handed to an outgoing
+    connection as its source port (every LDAP login opens one), and the restart then fails
+    with "Address already in use". Ports below the range are never handed out like that.
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, max(low, 10001))
+        if port in DEV_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 

@@ -485,3 +485,35 @@ def test_many_threads_no_cache_errors(memcached, client):
     assert results == ["user:alice"] * 64
     assert backend.calls == 1
     assert plugin.counters.snapshot()["cache_errors"] == 0
+
+
+def _lock_key_for(plugin, user, password):
+    items = sorted({"login": user, "password": password}.items())
+    entry_key = plugin._keys.entry_key("authenticate", items)
+    route = plugin._keys.user_generation_key("login", user)
+    return plugin._keys.lock_key(entry_key), route
+
+
+def test_waiter_stops_when_the_holder_releases_without_storing(memcached):
+    """Another process holds the lock and stores nothing (a denial without negative_ttl):
+    our waiter goes ahead once the lock is gone, not after lock_timeout."""
+    backend = CountingAuthenticator()
+    plugin = plugin_for(memcached, backend, lock_timeout="10")
+    lock_key, route = _lock_key_for(plugin, "alice", "wrong")
+    assert plugin.backend.add(lock_key, b"another-process!", 10, route)
+    threading.Timer(0.5, lambda: plugin.backend.delete(lock_key, route)).start()
+    started = time.monotonic()
+    assert login(plugin, "alice", "wrong")[0] is None
+    assert time.monotonic() - started < 3
+    assert plugin.counters.snapshot()["lock_waits"] == 1
+
+
+def test_a_lock_this_process_failed_to_release_is_not_waited_for(memcached):
+    backend = CountingAuthenticator()
+    plugin = plugin_for(memcached, backend, lock_timeout="10")
+    lock_key, route = _lock_key_for(plugin, "alice", "wonderland")
+    assert plugin.backend.add(lock_key, plugin._lock_token, 10, route)  # left behind
+    started = time.monotonic()
+    assert login(plugin)[0] == "user:alice"
+    assert time.monotonic() - started < 2
+    assert plugin.counters.snapshot()["lock_waits"] == 0
