@@ -91,6 +91,10 @@ def weak_settings(section: LoadedSection, plugin: CachingPlugin) -> list[str]:
         warnings.append("the secret is written in the config; prefer secret_file (mode 0600)")
         if len(raw["secret"].encode()) < 32:
             warnings.append("the secret is under 32 bytes; use secrets.token_urlsafe(32)")
+    caches_logins = plugin.authenticator is not None or bool(plugin.authenticator_name)
+    if caches_logins and plugin.key_items and "password" not in plugin.key_items:
+        warnings.append(f"key_items = {' '.join(plugin.key_items)}: the password does not key "
+                        "cached logins, so anyone who sends a cached login gets in without it")
     if plugin.ttl > 3600:
         warnings.append(f"ttl = {plugin.ttl}: a disabled account keeps working that long "
                         "unless invalidated")

@@ -248,19 +248,17 @@ class CachingPlugin:
 
     def _authenticate_items(self, identity: dict) -> list[tuple[str, Any]] | None:
         """(name, value) pairs that key an authentication, or None if they can't be encoded."""
-        if self.key_items:
-            items = [(name, identity.get(name)) for name in self.key_items]
-        else:
+        if not self.key_items:
             # Default: every item that is data, in sorted order; plugin objects and
             # repoze.who's bookkeeping would make keys differ between processes.
-            items = sorted(
+            return sorted(
                 (name, value)
                 for name, value in identity.items()
                 if name not in BOOKKEEPING_ITEMS
                 and isinstance(name, str)
                 and (isinstance(value, _SIMPLE_TYPES) or is_encodable(value))
             )
-            return items
+        items = [(name, identity.get(name)) for name in self.key_items]
         return items if is_encodable(items) else None
 
     def _cached_call(

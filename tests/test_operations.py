@@ -348,6 +348,9 @@ def test_cli_check_reports_servers_and_weak_settings(tmp_path, memcached, privat
     assert "prefer secret_file" in result.stdout
     ok = cli("check", f"{write_app_ini(tmp_path, memcached.url)}#auth")
     assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "key_items" not in ok.stdout
+    risky = cli("check", str(write_app_ini(tmp_path, memcached.url, "key_items = login")))
+    assert "the password does not key cached logins" in risky.stdout
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):
