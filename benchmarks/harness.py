@@ -19,30 +19,9 @@ from dataclasses import dataclass, field
 Case = Callable[[], object]
 
 
-@dataclass
-class Series:
-    """Per-round mean cost of one operation, in microseconds."""
+class _PerRound:
+    """Figures with one sample per round: their median and range."""
 
-    name: str
-    samples: list[float] = field(default_factory=list)
-    batch: int = 0
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def spread(self) -> tuple[float, float]:
-        return min(self.samples), max(self.samples)
-
-    def as_dict(self) -> dict:
-        return {"median_us": self.median, "samples_us": self.samples, "batch": self.batch}
-
-
-@dataclass
-class Ratio:
-    numerator: str
-    denominator: str
     samples: list[float]
 
     @property
@@ -52,6 +31,25 @@ class Ratio:
     @property
     def spread(self) -> tuple[float, float]:
         return min(self.samples), max(self.samples)
+
+
+@dataclass
+class Series(_PerRound):
+    """Per-round mean cost of one operation, in microseconds."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)
+    batch: int = 0
+
+    def as_dict(self) -> dict:
+        return {"median_us": self.median, "samples_us": self.samples, "batch": self.batch}
+
+
+@dataclass
+class Ratio(_PerRound):
+    numerator: str
+    denominator: str
+    samples: list[float]
 
     def as_dict(self) -> dict:
         return {"median": self.median, "samples": self.samples,

@@ -205,18 +205,7 @@ def call(app: Wsgi, environ: dict) -> dict:
 
 def wsgi_case(app: Wsgi, environ: dict) -> Callable[[], None]:
     """A zero-argument request for the harness: a fresh copy of ``environ`` each time."""
-    base = dict(environ)
-
-    def case() -> None:
-        env = base.copy()
-        body = app(env, _start_response)
-        for _ in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-
-    return case
+    return cycling_case(app, [environ])
 
 
 def cycling_case(app: Wsgi, environs: list[dict]) -> Callable[[], None]:
