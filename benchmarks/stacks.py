@@ -217,12 +217,6 @@ def cycling_case(app: Wsgi, environs: list[dict]) -> Callable[[], None]:
     def case() -> None:
         i = position[0]
         position[0] = i + 1 if i + 1 < count else 0
-        env = bases[i].copy()
-        body = app(env, _start_response)
-        for _ in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
+        call(app, bases[i])
 
     return case
