@@ -19,6 +19,8 @@ COUNTER_NAMES = (
     "hits",
     "misses",
     "negative_hits",
+    "local_hits",
+    "local_flushes",
     "stale_served",
     "backend_calls",
     "backend_errors",
@@ -53,8 +55,9 @@ class Counters:
 
     def hit_ratio(self) -> float | None:
         counts = self.snapshot()
-        looked_up = counts["hits"] + counts["negative_hits"] + counts["misses"]
-        return (counts["hits"] + counts["negative_hits"]) / looked_up if looked_up else None
+        answered = counts["hits"] + counts["negative_hits"] + counts["local_hits"]
+        looked_up = answered + counts["misses"]
+        return answered / looked_up if looked_up else None
 
     def _log_summary(self) -> None:
         with self._lock:

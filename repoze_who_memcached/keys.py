@@ -137,6 +137,10 @@ class KeyMaker:
     def namespace_generation_key(self) -> str:
         return self._key(b"namespace-generation\0")
 
+    def invalidation_epoch_key(self) -> str:
+        """Key of the token every invalidation replaces: near caches poll it (nearcache.py)."""
+        return self._key(b"invalidation-epoch\0")
+
     def lock_key(self, entry_key: str) -> str:
         return self._key(b"lock\0" + entry_key.encode("ascii"))
 

@@ -12,6 +12,10 @@ replaces the namespace token. Tokens are random and never reused, and an entry w
 is gone (evicted, replaced) is never served, so an evicted token cannot bring back entries
 from before an invalidation.
 
+With ``local_ttl``, answers are also kept in process memory for that long (``nearcache.py``)
+and a repeat is served without a round trip; invalidations then reach every process within
+``local_check_interval`` instead of at once.
+
 Everything that can be done once is done in ``__init__`` (option parsing, key derivation,
 client set-up); the request path only hashes, fetches, opens and compares.
 """
@@ -35,6 +39,7 @@ from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import KeyMaker, Unencodable, is_encodable
+from .nearcache import NearCache
 from .options import Options, build_plugin
 from .sealing import Sealer, Unsealable, tag_tuples
 
@@ -77,6 +82,8 @@ class _Lookup:
     route: str  # the key that picks the server (the user's generation key)
     generation_keys: list[str]
     generations: list[Any]  # the tokens as last read
+    near_key: bytes | None = None  # where the near cache keeps the answer (None: it doesn't)
+    near_flushes: int = 0  # the near cache's flush count before the first read
 
 
 class _Flight:
@@ -113,6 +120,9 @@ class CachingPlugin:
         key_prefix: str = "",
         name: str = "cache",
         stats_log_interval: float = 300.0,
+        local_ttl: float = 0,
+        local_max_entries: int = 10_000,
+        local_check_interval: float = 1.0,
     ) -> None:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
@@ -135,6 +145,13 @@ class CachingPlugin:
         self._keys = KeyMaker(secret, key_prefix)
         self._sealer = Sealer(secret)
         self._namespace_key = self._keys.namespace_generation_key()
+        self._epoch_key = self._keys.invalidation_epoch_key()
+        self._near = (
+            NearCache(local_ttl, local_max_entries, local_check_interval) if local_ttl else None
+        )
+        self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
+        self._near_epoch: bytes | None = None  # the epoch token as last read
+        self._near_check_lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._lock_token = _new_token()  # marks the memcached locks this plugin takes
         self._flights_lock = threading.Lock()
@@ -203,11 +220,17 @@ class CachingPlugin:
         if items is None:
             self._record(environ, AUTHENTICATE, "uncached")
             return self._call_backend(wrapped.authenticate, environ, identity).userid
-        login = identity.get(self.login_item)
-        user_key = self._user_key("login", login)
         try:
+            near_key = None
+            if self._near is not None:
+                near_key = self._near.key(AUTHENTICATE, items)
+                if near_key is not None and self._near_usable():
+                    entry = self._near.get(near_key)
+                    if entry is not None:
+                        return self._restore_near(environ, identity, AUTHENTICATE, entry)
+            user_key = self._user_key("login", identity.get(self.login_item))
             return self._cached_call(
-                environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key
+                environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key, near_key
             )
         except Exception:  # a bug of ours must not become a 500: answer uncached
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
@@ -227,10 +250,18 @@ class CachingPlugin:
             self._record(environ, ADD_METADATA, "uncached")
             self._call_backend(wrapped.add_metadata, environ, identity)
             return
-        user_key = self._user_key("userid", userid)
         try:
+            near_key = None
+            if self._near is not None:
+                near_key = self._near.key(ADD_METADATA, items)
+                if near_key is not None and self._near_usable():
+                    entry = self._near.get(near_key)
+                    if entry is not None:
+                        self._restore_near(environ, identity, ADD_METADATA, entry)
+                        return
+            user_key = self._user_key("userid", userid)
             self._cached_call(
-                environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key
+                environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key, near_key
             )
         except Exception:
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
@@ -269,7 +300,9 @@ class CachingPlugin:
         call: Any,
         items: list[tuple[str, Any]],
         user_key: str | None,
+        near_key: bytes | None = None,
     ) -> Any:
+        near_flushes = self._near.flushes if near_key is not None else 0
         entry_key = self._keys.entry_key(method, items)
         if user_key:
             generation_keys, route = [self._namespace_key, user_key], user_key
@@ -282,10 +315,14 @@ class CachingPlugin:
             positive = record[_POSITIVE]
             self.counters.incr("hits" if positive else "negative_hits")
             self._record(environ, method, "hit" if positive else "negative_hit")
+            if near_key is not None:
+                self._near.put(near_key, record.get(_USERID), record[_VALUES], positive,
+                               record[_EXPIRES], near_flushes)
             return self._restore(identity, record)
 
         self.counters.incr("misses")
-        lookup = _Lookup(method, call, entry_key, route, generation_keys, generations)
+        lookup = _Lookup(method, call, entry_key, route, generation_keys, generations,
+                         near_key, near_flushes)
         outcome = self._coalesced_backend_call(lookup, environ, identity)
         if outcome.failed:
             if (
@@ -376,7 +413,10 @@ class CachingPlugin:
             outcome = self._call_backend(lookup.call, environ, identity)
             if not outcome.failed:
                 outcome.values = self._added_values(before, identity)
-                self._store(lookup, outcome)
+                record = self._store(lookup, outcome)
+                if record is not None and lookup.near_key is not None:
+                    self._near.put(lookup.near_key, outcome.userid, outcome.values,
+                                   record[_POSITIVE], record[_EXPIRES], lookup.near_flushes)
             return outcome
         finally:
             if lock_key is not None:
@@ -451,11 +491,58 @@ class CachingPlugin:
             identity.update(values)
         return record.get(_USERID)
 
-    def _store(self, lookup: _Lookup, outcome: _Outcome) -> None:
+    # ---------------------------------------------------------------- the near cache
+
+    def _restore_near(self, environ: dict, identity: dict, method: str, entry: tuple) -> Any:
+        self.counters.incr("local_hits")
+        self._record(environ, method, "local_hit" if entry[3] else "local_negative_hit")
+        userid, values = NearCache.restore(entry)
+        if values:
+            identity.update(values)
+        return userid
+
+    def _near_usable(self) -> bool:
+        """True if the invalidation epoch was read less than local_check_interval ago, or
+        is read now. While another thread reads it, this one skips the near cache rather
+        than serve an answer that the read may revoke."""
+        if time.monotonic() < self._near_check_at:
+            return True
+        if not self._near_check_lock.acquire(blocking=False):
+            return False
+        try:
+            self._check_invalidation_epoch()
+        finally:
+            self._near_check_lock.release()
+        return True
+
+    def _check_invalidation_epoch(self) -> None:
+        """Flush the near cache if an invalidation happened since the last read."""
+        started = time.monotonic()
+        key = self._epoch_key
+        epoch = self.backend.get_multi([key], key).get(key)
+        if not _is_token(epoch):
+            # Never written, evicted, memcached restarted or unreachable, or garbage: an
+            # invalidation may have been lost with it, so drop everything, and start a token
+            # that later invalidations replace (another process may have started one first).
+            self._flush_near()
+            new = _new_token()
+            self._near_epoch = new if self.backend.add(key, new, 0, key) else None
+        elif epoch != self._near_epoch:
+            self._flush_near()
+            self._near_epoch = epoch
+        self._near_check_at = started + self._near.check_interval
+
+    def _flush_near(self) -> None:
+        if len(self._near):
+            self.counters.incr("local_flushes")
+        self._near.flush()
+
+    def _store(self, lookup: _Lookup, outcome: _Outcome) -> dict | None:
+        """Seal and store the outcome; returns the record if memcached took it."""
         positive = lookup.method == ADD_METADATA or outcome.userid is not None
         ttl = self.ttl if positive else self.negative_ttl
         if not ttl:
-            return
+            return None
         values = outcome.values or {}
         unfit = [k for k, v in values.items() if not _cacheable(v)]
         if unfit or not _cacheable(outcome.userid):
@@ -464,13 +551,13 @@ class CachingPlugin:
                 "plain data; set value_items to what should be cached",
                 self.name, ", ".join(sorted(unfit)) or USERID,
             )
-            return
+            return None
         tokens = [
             current if _is_token(current) else self._create_generation(key, lookup.route, current)
             for key, current in zip(lookup.generation_keys, lookup.generations, strict=True)
         ]
         if any(t is None for t in tokens):
-            return  # memcached is unreachable: nothing to store into
+            return None  # memcached is unreachable: nothing to store into
         record = {
             _USERID: outcome.userid,
             _VALUES: tag_tuples(values),
@@ -483,9 +570,11 @@ class CachingPlugin:
             sealed = self._sealer.seal(lookup.entry_key, record)
         except (TypeError, ValueError) as exc:  # _cacheable let through what JSON refuses
             self._warn.warning("uncacheable", "cache %s: not caching: %s", self.name, exc)
-            return
+            return None
         if not self.backend.set(lookup.entry_key, sealed, expire, lookup.route):
             self.counters.incr("cache_errors")
+            return None
+        return record
 
     def _create_generation(self, key: str, route: str, current: Any) -> bytes | None:
         """First use of a generation: create its token (or read the one a rival created).
@@ -516,15 +605,17 @@ class CachingPlugin:
             if name is not None:
                 key = self._keys.user_generation_key(kind, name)
                 failed.update(self._replace_generation(key))
+        failed.update(self._replace_generation(self._epoch_key))
         self.counters.incr("invalidations")
         return sorted(failed)
 
     def invalidate_all(self) -> list[str]:
         """Drop everything this plugin cached (not other applications' data); returns the
         servers that could not be reached."""
-        failed = self._replace_generation(self._namespace_key)
+        failed = set(self._replace_generation(self._namespace_key))
+        failed.update(self._replace_generation(self._epoch_key))
         self.counters.incr("invalidations")
-        return failed
+        return sorted(failed)
 
     def _replace_generation(self, key: str) -> list[str]:
         failed = self.backend.set_everywhere(key, _new_token())
@@ -642,6 +733,10 @@ def make_plugin(**options: Any) -> CachingPlugin:
         key_prefix=opts.str("key_prefix", "") or "",
         name=name,
         stats_log_interval=opts.float("stats_log_interval", 300.0, minimum=0),
+        local_ttl=opts.float("local_ttl", 0, minimum=0, maximum=3600),
+        local_max_entries=opts.int("local_max_entries", 10_000, minimum=1, maximum=10_000_000),
+        local_check_interval=opts.float("local_check_interval", 1.0, minimum=0.01,
+                                        maximum=3600),
     )
     if authenticator is not None and kwargs["authenticator_name"]:
         raise opts.error("authenticator", "give 'authenticator' or 'authenticator_name', not both")
