@@ -33,25 +33,55 @@ COUNTER_NAMES = (
 
 
 class Counters:
-    """Thread-safe event counts, plus a periodic INFO summary."""
+    """Exact event counts, cheap enough for the request path, plus a periodic INFO summary.
+
+    Each thread counts into a dict of its own (no lock, no lost updates: only its thread
+    writes it); :meth:`snapshot` adds them up. Tallies of finished threads are folded into
+    one, so a server that starts a thread per request does not grow the list.
+    """
 
     def __init__(self, name: str, logger: logging.Logger, log_interval: float = 0.0) -> None:
         self.name = name
-        self._counts = dict.fromkeys(COUNTER_NAMES, 0)
-        self._lock = threading.Lock()
+        self._tallies: list[tuple[threading.Thread, dict[str, int]]] = []
+        self._retired = dict.fromkeys(COUNTER_NAMES, 0)  # from threads that have ended
+        self._mine = threading.local()
+        self._lock = threading.Lock()  # guards the tallies' list and the summary's schedule
         self._logger = logger
         self._log_interval = log_interval
         self._next_log = time.monotonic() + log_interval if log_interval else float("inf")
 
     def incr(self, counter: str, amount: int = 1) -> None:
-        with self._lock:
-            self._counts[counter] += amount
+        try:
+            self._mine.tally[counter] += amount
+        except AttributeError:  # this thread's first count
+            tally = self._mine.tally = dict.fromkeys(COUNTER_NAMES, 0)
+            with self._lock:
+                self._retire_finished()
+                self._tallies.append((threading.current_thread(), tally))
+            tally[counter] += amount
         if time.monotonic() >= self._next_log:
             self._log_summary()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            return dict(self._counts)
+            self._retire_finished()
+            totals = dict(self._retired)
+            tallies = [tally for _thread, tally in self._tallies]
+        for tally in tallies:
+            for counter, count in list(tally.items()):
+                totals[counter] += count
+        return totals
+
+    def _retire_finished(self) -> None:
+        """Fold the tallies of threads that have ended (they count no more). Lock held."""
+        live = []
+        for thread, tally in self._tallies:
+            if thread.is_alive():
+                live.append((thread, tally))
+            else:
+                for counter, count in tally.items():
+                    self._retired[counter] += count
+        self._tallies = live
 
     def hit_ratio(self) -> float | None:
         counts = self.snapshot()
@@ -65,7 +95,7 @@ class Counters:
             if now < self._next_log:
                 return
             self._next_log = now + self._log_interval
-            counts = dict(self._counts)
+        counts = self.snapshot()
         self._logger.info(
             "cache %s counters: %s", self.name, " ".join(f"{k}={v}" for k, v in counts.items())
         )
