@@ -12,40 +12,53 @@ invalidation reaches every process within ``local_check_interval`` (not at once)
 process that cannot reach memcached serves nothing from memory.
 
 Keys never hold credentials: they are keyed BLAKE2b digests under a random per-process key
-(the memcached keys need a shared secret; these don't, and are cheaper). Only identities
-whose items are plain str, bytes, int, float, bool or None use the near cache: their
-``repr`` is an unambiguous encoding, which keeps the key cheap.
+(the memcached keys need a shared secret; these don't, and are cheaper) of the items'
+``marshal`` encoding. ``marshal`` is only ever written here, never read; it encodes exact
+built-in types unambiguously and refuses everything else (subclasses included), so an
+identity holding anything else simply skips the near cache.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import marshal
 import os
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-# Exact types only: a subclass could override __repr__ and make two identities collide.
-_PLAIN_TYPES = frozenset({str, bytes, int, float, bool, type(None)})
 _IMMUTABLE_TYPES = (str, bytes, int, float, bool, type(None))
+
+# Version 2: the newest without back-references and interning marks, so equal items encode
+# alike whatever objects hold them (version 4 makes them depend on reference counts).
+_MARSHAL_VERSION = 2
+
+Answer = tuple[Any, dict[str, Any], bool]
+"""What the near cache holds for an identity: (userid, values, positive)."""
 
 
 class NearCache:
     """A bounded, thread-safe map from identity digest to a cached answer.
 
-    Entries: ``(expires_monotonic, userid, values, positive, needs_copy)``. ``values`` that
-    hold mutable objects (lists, dicts) are deep-copied on the way out, so an application
-    that changes its identity dict cannot change what later requests get.
+    Entries: ``(expires_monotonic, needs_copy, (userid, values, positive))``. Answers that
+    hold mutable objects (lists, dicts) are deep-copied on the way in and out, so an
+    application that changes its identity dict cannot change what later requests get.
     """
 
-    def __init__(self, ttl: float, max_entries: int, check_interval: float) -> None:
+    def __init__(
+        self, ttl: float, max_entries: int, check_interval: float, methods: Sequence[str]
+    ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self.check_interval = check_interval
-        self._hash = hashlib.blake2b(key=os.urandom(32), digest_size=16)
-        self._entries: dict[bytes, tuple[float, Any, dict[str, Any], bool, bool]] = {}
+        hash_key = os.urandom(32)
+        self._hashes = {}  # one keyed BLAKE2b state per method, its name already absorbed
+        for method in methods:
+            self._hashes[method] = hashlib.blake2b(key=hash_key, digest_size=16)
+            self._hashes[method].update(method.encode() + b"\0")
+        self._entries: dict[bytes, tuple[float, bool, Answer]] = {}
         self._lock = threading.Lock()
         self.flushes = 0
         """Counts flushes: a store that began before a flush is dropped (see :meth:`put`)."""
@@ -54,27 +67,22 @@ class NearCache:
         return len(self._entries)
 
     def key(self, method: str, items: Sequence[tuple[str, Any]]) -> bytes | None:
-        """The digest for these items, or None when a value is not a plain scalar."""
-        for name, value in items:
-            if type(value) not in _PLAIN_TYPES or type(name) is not str:
-                return None
-        digest = self._hash.copy()
-        digest.update(repr((method, items)).encode("utf-8", "surrogatepass"))
+        """The digest for these items, or None when marshal can't encode one of them."""
+        try:
+            encoded = marshal.dumps(items, _MARSHAL_VERSION)
+        except ValueError:
+            return None
+        digest = self._hashes[method].copy()
+        digest.update(encoded)
         return digest.digest()
 
-    def get(self, key: bytes) -> tuple[float, Any, dict[str, Any], bool, bool] | None:
+    def get(self, key: bytes) -> Answer | None:
+        """``(userid, values, positive)`` if held and not expired; the caller may change
+        ``values``' contents (they are a copy if they could be changed) but not the dict."""
         entry = self._entries.get(key)
         if entry is None or time.monotonic() >= entry[0]:
             return None
-        return entry
-
-    @staticmethod
-    def restore(entry: tuple[float, Any, dict[str, Any], bool, bool]) -> tuple[Any, dict]:
-        """(userid, values) of an entry, copied if they could be mutated."""
-        _, userid, values, _, needs_copy = entry
-        if needs_copy:
-            return copy.deepcopy(userid), copy.deepcopy(values)
-        return userid, values
+        return copy.deepcopy(entry[2]) if entry[1] else entry[2]
 
     def put(
         self,
@@ -96,9 +104,10 @@ class NearCache:
         needs_copy = not isinstance(userid, _IMMUTABLE_TYPES) or not all(
             isinstance(v, _IMMUTABLE_TYPES) for v in values.values()
         )
+        answer = (userid, values, positive)
         if needs_copy:
-            userid, values = copy.deepcopy(userid), copy.deepcopy(values)
-        entry = (time.monotonic() + lifetime, userid, values, positive, needs_copy)
+            answer = copy.deepcopy(answer)
+        entry = (time.monotonic() + lifetime, needs_copy, answer)
         with self._lock:
             if flushes_seen != self.flushes:
                 return

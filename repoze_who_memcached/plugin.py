@@ -39,7 +39,7 @@ from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import KeyMaker, Unencodable, is_encodable
-from .nearcache import NearCache
+from .nearcache import Answer, NearCache
 from .options import Options, build_plugin
 from .sealing import Sealer, Unsealable, tag_tuples
 
@@ -52,7 +52,8 @@ USERID = "repoze.who.userid"
 BOOKKEEPING_ITEMS = frozenset({"identifier", "authenticator", USERID})
 ENVIRON_KEY = "repoze_who_memcached.cache"
 """``environ[ENVIRON_KEY]`` maps plugin name to ``{method: outcome}`` for this request,
-outcome one of hit, negative_hit, miss, stale, error, uncached (the demo app shows it)."""
+outcome one of hit, negative_hit, local_hit, local_negative_hit (from the near cache), miss,
+stale, error, uncached (the demo app shows it)."""
 
 MIN_SECRET_BYTES = 16
 _SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
@@ -147,7 +148,10 @@ class CachingPlugin:
         self._namespace_key = self._keys.namespace_generation_key()
         self._epoch_key = self._keys.invalidation_epoch_key()
         self._near = (
-            NearCache(local_ttl, local_max_entries, local_check_interval) if local_ttl else None
+            NearCache(local_ttl, local_max_entries, local_check_interval,
+                      (AUTHENTICATE, ADD_METADATA))
+            if local_ttl
+            else None
         )
         self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
         self._near_epoch: bytes | None = None  # the epoch token as last read
@@ -224,10 +228,12 @@ class CachingPlugin:
             near_key = None
             if self._near is not None:
                 near_key = self._near.key(AUTHENTICATE, items)
-                if near_key is not None and self._near_usable():
-                    entry = self._near.get(near_key)
-                    if entry is not None:
-                        return self._restore_near(environ, identity, AUTHENTICATE, entry)
+                if near_key is not None and (
+                    time.monotonic() < self._near_check_at or self._near_usable()
+                ):
+                    answer = self._near.get(near_key)
+                    if answer is not None:
+                        return self._restore_near(environ, identity, AUTHENTICATE, answer)
             user_key = self._user_key("login", identity.get(self.login_item))
             return self._cached_call(
                 environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key, near_key
@@ -254,10 +260,12 @@ class CachingPlugin:
             near_key = None
             if self._near is not None:
                 near_key = self._near.key(ADD_METADATA, items)
-                if near_key is not None and self._near_usable():
-                    entry = self._near.get(near_key)
-                    if entry is not None:
-                        self._restore_near(environ, identity, ADD_METADATA, entry)
+                if near_key is not None and (
+                    time.monotonic() < self._near_check_at or self._near_usable()
+                ):
+                    answer = self._near.get(near_key)
+                    if answer is not None:
+                        self._restore_near(environ, identity, ADD_METADATA, answer)
                         return
             user_key = self._user_key("userid", userid)
             self._cached_call(
@@ -282,13 +290,15 @@ class CachingPlugin:
         if not self.key_items:
             # Default: every item that is data, in sorted order; plugin objects and
             # repoze.who's bookkeeping would make keys differ between processes.
-            return sorted(
+            items = [
                 (name, value)
                 for name, value in identity.items()
                 if name not in BOOKKEEPING_ITEMS
                 and isinstance(name, str)
                 and (isinstance(value, _SIMPLE_TYPES) or is_encodable(value))
-            )
+            ]
+            items.sort()  # names are unique: values are never compared
+            return items
         items = [(name, identity.get(name)) for name in self.key_items]
         return items if is_encodable(items) else None
 
@@ -493,10 +503,10 @@ class CachingPlugin:
 
     # ---------------------------------------------------------------- the near cache
 
-    def _restore_near(self, environ: dict, identity: dict, method: str, entry: tuple) -> Any:
+    def _restore_near(self, environ: dict, identity: dict, method: str, answer: Answer) -> Any:
+        userid, values, positive = answer
         self.counters.incr("local_hits")
-        self._record(environ, method, "local_hit" if entry[3] else "local_negative_hit")
-        userid, values = NearCache.restore(entry)
+        self._record(environ, method, "local_hit" if positive else "local_negative_hit")
         if values:
             identity.update(values)
         return userid
@@ -626,7 +636,11 @@ class CachingPlugin:
 
     def _record(self, environ: dict, method: str, outcome: str) -> None:
         """Tell the app (and the DEBUG log) what the cache did; never what the identity is."""
-        environ.setdefault(ENVIRON_KEY, {}).setdefault(self.name, {})[method] = outcome
+        by_plugin = environ.get(ENVIRON_KEY)
+        if by_plugin is None:  # the usual case, in one go (setdefault builds throwaway dicts)
+            environ[ENVIRON_KEY] = {self.name: {method: outcome}}
+        else:
+            by_plugin.setdefault(self.name, {})[method] = outcome
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("cache %s: %s %s %s", self.name, method, outcome,
                          environ.get("PATH_INFO", ""))
