@@ -7,6 +7,9 @@ alice) and consumes the response. Cases, measured interleaved in the same rounds
 * ``our_floor``       the same through our filter (interfaces verified once, at load time)
 * ``ldap_uncached``   our filter, our LDAP authenticator, no cache (search + bind per request)
 * ``ours_hit[C]``     our filter, LDAP cached by our plugin, a cache hit, client C
+* ``ours_local_hit[C]`` the same with the near cache on (``local_ttl = 60``): answered from
+                      process memory (the invalidation epoch is read once a second, and an
+                      entry is refetched from memcached when its minute is up)
 * ``dogpile_hit[C]``  stock repoze.who, the LDAP authenticator memoized with dogpile.cache on
                       memcached through client C (key: sha256 of login:password)
 * ``raw_get``         one memcached ``get`` of our entry over a raw socket (the network floor)
@@ -33,13 +36,19 @@ from . import harness, stacks
 CLIENTS = ("python-memcached", "pymemcache")
 LOGIN, PASSWORD = "alice", "wonderland"
 
+LOCAL_TTL = "60"
 TARGETS = (
     # (numerator, denominator, target, what it says)
     ("ours_hit[{c}]", "stock_floor", 1.0,
-     "our cache hit through our filter / stock repoze.who's floor"),
-    ("ours_hit[{c}]", "our_floor", 1.5, "our cache hit / our own floor"),
+     "our memcached hit through our filter / stock repoze.who's floor"),
+    ("ours_hit[{c}]", "our_floor", 1.5, "our memcached hit / our own floor"),
     ("ours_hit[{c}]", "dogpile_hit[{c}]", 1.0,
      "ours (sealed, HMAC keys) / dogpile.cache memoization"),
+    ("ours_local_hit[{c}]", "stock_floor", 1.0,
+     "our near-cache hit (local_ttl) through our filter / stock repoze.who's floor"),
+    ("ours_local_hit[{c}]", "our_floor", 1.5, "our near-cache hit / our own floor"),
+    ("ours_local_hit[{c}]", "dogpile_hit[{c}]", 1.0,
+     "our near-cache hit / dogpile.cache memoization"),
 )
 
 
@@ -126,11 +135,11 @@ def _expect_user(env: dict, case: str, user: str = LOGIN) -> None:
         raise RuntimeError(f"{case}: expected REMOTE_USER={user!r}, got {env.get('REMOTE_USER')!r}")
 
 
-def _expect_hit(env: dict, case: str) -> None:
+def _expect_hit(env: dict, case: str, expected: str = "hit") -> None:
     _expect_user(env, case)
     outcome = env.get(ENVIRON_KEY, {}).get("cache", {}).get("authenticate")
-    if outcome != "hit":
-        raise RuntimeError(f"{case}: expected a cache hit, got {outcome!r}")
+    if outcome != expected:
+        raise RuntimeError(f"{case}: expected {expected!r}, got {outcome!r}")
 
 
 def build_cases(lab: Any) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
@@ -139,7 +148,8 @@ def build_cases(lab: Any) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]
     environ = stacks.basic_environ(LOGIN, PASSWORD)
     mc_urls = [lab.memcached.url]
     cases: dict[str, Callable[[], Any]] = {}
-    extra: dict[str, Any] = {"ours": {}, "dogpile_ldap": {}, "environ": environ}
+    extra: dict[str, Any] = {"ours": {}, "ours_local": {}, "dogpile_ldap": {},
+                             "environ": environ}
 
     stock_floor = stacks.stock_middleware(app, stacks.AcceptAll())
     our_floor = stacks.our_floor(app)
@@ -157,6 +167,15 @@ def build_cases(lab: Any) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]
         _expect_hit(stacks.call(mw, environ), name)
         cases[name] = stacks.wsgi_case(mw, environ)
         extra["ours"][client] = mw
+
+    for client in CLIENTS:
+        name = f"ours_local_hit[{client}]"
+        mw = stacks.our_cached(app, mc_urls, client, slapd_url=lab.slapd.url,
+                               key_prefix=f"lat-{client}:", local_ttl=LOCAL_TTL)
+        _expect_hit(stacks.call(mw, environ), name)  # from memcached, kept in memory
+        _expect_hit(stacks.call(mw, environ), name, "local_hit")
+        cases[name] = stacks.wsgi_case(mw, environ)
+        extra["ours_local"][client] = mw
 
     for client in CLIENTS:
         name = f"dogpile_hit[{client}]"
@@ -355,12 +374,14 @@ def profile_hit(middleware: Any, environ: dict, calls: int) -> dict[str, Any]:
 def run(lab: Any, settings: Settings, log: Callable[[str], None]) -> dict[str, Any]:
     cases, extra = build_cases(lab)
     log(f"latency: {len(cases)} cases x {settings.rounds} rounds")
-    counters_before = {c: stacks.cache_plugin(m).counters.snapshot()
-                       for c, m in extra["ours"].items()}
+    timed_caches = {f"{kind}[{c}]": m for kind in ("ours", "ours_local")
+                    for c, m in extra[kind].items()}
+    counters_before = {n: stacks.cache_plugin(m).counters.snapshot()
+                       for n, m in timed_caches.items()}
     series = harness.interleaved(cases, rounds=settings.rounds,
                                  batch_seconds=settings.batch_seconds)
-    misses = {c: stacks.cache_plugin(m).counters.snapshot()["misses"]
-              - counters_before[c]["misses"] for c, m in extra["ours"].items()}
+    after = {n: stacks.cache_plugin(m).counters.snapshot() for n, m in timed_caches.items()}
+    misses = {n: after[n]["misses"] - counters_before[n]["misses"] for n in timed_caches}
     if any(misses.values()):
         raise RuntimeError(f"latency: cache misses while timing hits: {misses}")
 
@@ -375,6 +396,7 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None]) -> dict[str, A
             })
     informative = {}
     for numerator, denominator in (("stock_floor", "our_floor"),
+                                   ("ours_hit[pymemcache]", "ours_local_hit[pymemcache]"),
                                    ("ldap_uncached", "ours_hit[python-memcached]"),
                                    ("ldap_uncached", "ours_hit[pymemcache]"),
                                    ("ours_hit[python-memcached]", "raw_get"),
@@ -436,8 +458,11 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None]) -> dict[str, A
     extra["raw"].close()
     for ldap in extra["dogpile_ldap"].values():
         ldap.close()
+    local_hits = {n: after[n]["local_hits"] - counters_before[n]["local_hits"]
+                  for n in timed_caches}
     return {
         "cases": {name: s.as_dict() for name, s in series.items()},
+        "local_hits_while_timing": local_hits,
         "targets": targets,
         "informative_ratios": informative,
         "breakdown": {name: s.as_dict() for name, s in breakdown.items()},

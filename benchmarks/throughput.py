@@ -1,14 +1,15 @@
 """Throughput over HTTP: waitress in a subprocess, a keep-alive client with several threads.
 
-The server process (``python -m benchmarks.throughput --serve CONFIG``) serves three stacks
+The server process (``python -m benchmarks.throughput --serve CONFIG``) serves four stacks
 of our filter in front of one tiny app, by path: ``/uncached`` (our LDAP authenticator, no
-cache), ``/python-memcached`` and ``/pymemcache`` (cached; each its own ``key_prefix``, so
-each starts cold). ``/_stats`` returns the LDAP authenticators' and caches' counters.
+cache), ``/python-memcached``, ``/pymemcache`` and ``/pymemcache+local`` (cached, the last
+with the near cache on, ``local_ttl = 60``; each its own ``key_prefix``, so each starts
+cold). ``/_stats`` returns the LDAP authenticators' and caches' counters.
 
 The server stack (waitress, memcached, slapd) shares one core, like the other sections;
 the load generator runs on the other core(s), so it does not take CPU from the server.
 Two workloads. *zipf*: users drawn from a Zipf distribution over the generated LDAP users;
-rounds interleave the three stacks; round 1 of a cached stack starts from an empty cache
+rounds interleave the stacks; round 1 of a cached stack starts from an empty cache
 (cold), later rounds find what earlier rounds cached (warm). *hot*: the most popular users
 only, cached beforehand, so the cached stacks never miss: the cache's own capacity.
 
@@ -40,7 +41,9 @@ from repoze_who_memcached.testing import free_port, wait_for_port
 
 from . import harness, servers, stacks
 
-TARGETS = ("uncached", "python-memcached", "pymemcache")
+TARGETS = ("uncached", "python-memcached", "pymemcache", "pymemcache+local")
+CACHED = TARGETS[1:]
+LOCAL_TTL = "60"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,6 +79,9 @@ def build_server_app(config: dict[str, Any]) -> Callable:
         stacks_by_name[client] = stacks.our_cached(
             app, [config["memcached_url"]], client, slapd_url=config["slapd_url"],
             pool_size=pool, key_prefix=f"http-{client}:")
+    stacks_by_name["pymemcache+local"] = stacks.our_cached(
+        app, [config["memcached_url"]], "pymemcache", slapd_url=config["slapd_url"],
+        pool_size=pool, key_prefix="http-pymemcache-local:", local_ttl=LOCAL_TTL)
 
     def stats() -> dict[str, Any]:
         result = {}
@@ -232,11 +238,12 @@ def _delta(after: dict, before: dict, target: str, kind: str, name: str) -> int:
 def _workload(port: int, name: str, zipf: Zipf, settings: Settings, seconds: float,
               headers: list[str], client_cpus: set[int],
               log: Callable[[str], None]) -> dict[str, Any]:
-    """Rounds interleaving the three stacks; per-phase and summary figures."""
+    """Rounds interleaving the stacks; per-phase and summary figures."""
     phase_settings = Settings(**{**vars(settings), "seconds": seconds})
     phases: list[dict[str, Any]] = []
     for r in range(settings.rounds):
-        order = list(TARGETS[r % 3:] + TARGETS[:r % 3])
+        shift = r % len(TARGETS)
+        order = list(TARGETS[shift:] + TARGETS[:shift])
         for target in order:
             log(f"http: {name} round {r + 1}/{settings.rounds} {target}")
             before = get_json(port, "/_stats")
@@ -253,7 +260,9 @@ def _workload(port: int, name: str, zipf: Zipf, settings: Settings, seconds: flo
             phase["user_binds_per_1000"] = 1000 * phase["user_binds"] / max(
                 1, phase["requests"])
             if after[target]["cache"] is not None:
-                phase["cache_hits"] = _delta(after, before, target, "cache", "hits")
+                phase["local_hits"] = _delta(after, before, target, "cache", "local_hits")
+                phase["cache_hits"] = (_delta(after, before, target, "cache", "hits")
+                                       + phase["local_hits"])
                 phase["cache_misses"] = _delta(after, before, target, "cache", "misses")
             phases.append(phase)
 
@@ -274,7 +283,7 @@ def _workload(port: int, name: str, zipf: Zipf, settings: Settings, seconds: flo
             "distinct_users_round1": mine[0]["distinct_users"],
         }
     speedups = {}
-    for target in ("python-memcached", "pymemcache"):
+    for target in CACHED:
         per_round = [
             next(p["rps"] for p in phases if p["round"] == r and p["target"] == target)
             / next(p["rps"] for p in phases if p["round"] == r and p["target"] == "uncached")
@@ -319,7 +328,7 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None]) -> dict[str, A
         slapd_binds = lab.slapd.user_binds() - slapd_binds_before
         # Hot: the most popular users only, cached beforehand: the cached stacks never miss.
         log(f"http: caching the {hot_users} hot users")
-        for target in ("python-memcached", "pymemcache"):
+        for target in CACHED:
             for i in range(hot_users):
                 _get(port, target, headers[i])
         workloads["hot"] = _workload(port, "hot", Zipf(hot_users, settings.zipf_s), settings,
