@@ -21,6 +21,7 @@ from .errors import ConfigError
 KEY_DIGEST_CHARS = 43  # urlsafe base64 of 32 bytes, unpadded
 _SHA256_BLOCK = 64
 MAX_PREFIX_CHARS = 200  # memcached keys are at most 250 bytes
+USER_KEY_MEMO_SIZE = 10_000  # user generation keys remembered per process (logins, no secrets)
 
 
 class Unencodable(TypeError):
@@ -92,6 +93,9 @@ class KeyMaker:
         mac_key = derive_subkey(secret, "cache-key").ljust(_SHA256_BLOCK, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in mac_key))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in mac_key))
+        # A user's generation key is asked for on every request and depends on the login
+        # alone: remember it (emptied when full; a login is no secret).
+        self._user_keys: dict[str, str] = {}
 
     def mac(self, payload: bytes) -> bytes:
         inner = self._inner.copy()
@@ -127,12 +131,22 @@ class KeyMaker:
         Names are case-folded: LDAP logins are case-insensitive, and invalidating ``Alice``
         must also drop what ``alice`` cached. Over-invalidation only costs a miss.
         """
-        if isinstance(name, str):
-            name = name.casefold()
+        # Only exact str names are remembered: 1 == True == 1.0 would mix other types up.
+        memo_key = kind + "\0" + name if type(name) is str else None
+        if memo_key is not None:
+            key = self._user_keys.get(memo_key)
+            if key is not None:
+                return key
+        folded = name.casefold() if isinstance(name, str) else name
         out: list[bytes] = [b"usergen\0"]
         encode_value(kind, out)
-        encode_value(name, out)
-        return self._key(b"".join(out))
+        encode_value(folded, out)
+        key = self._key(b"".join(out))
+        if memo_key is not None:
+            if len(self._user_keys) >= USER_KEY_MEMO_SIZE:
+                self._user_keys.clear()
+            self._user_keys[memo_key] = key
+        return key
 
     def namespace_generation_key(self) -> str:
         return self._key(b"namespace-generation\0")

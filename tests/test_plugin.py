@@ -481,3 +481,27 @@ def test_key_mac_is_standard_hmac_sha256():
         expected = hmac.new(derive_subkey(SECRET.encode(), "cache-key"), payload,
                             hashlib.sha256).digest()
         assert maker.mac(payload) == expected
+
+
+def test_remembered_user_keys_equal_computed_ones_and_never_mix_types(monkeypatch):
+    from repoze_who_memcached import keys
+
+    monkeypatch.setattr(keys, "USER_KEY_MEMO_SIZE", 3)
+    maker = keys.KeyMaker(SECRET.encode())
+    fresh = keys.KeyMaker(SECRET.encode())
+    names = ["alice", "Alice", "zoë", "bob", "carol", 1, True, 1.0, b"alice", "1", "True"]
+    for _ in range(2):  # the second pass reads what the first remembered (and evicted)
+        for kind in ("login", "userid"):
+            for name in names:
+                # Remembered or not, the key is the one computed from scratch...
+                fresh._user_keys.clear()
+                assert maker.user_generation_key(kind, name) == fresh.user_generation_key(
+                    kind, name)
+    assert len(maker._user_keys) <= 3
+    # ...logins differing only in case share a key (invalidation ignores case), and equal
+    # values of other types (1, True, 1.0, b"alice") never borrow a str's key.
+    assert maker.user_generation_key("login", "Alice") == maker.user_generation_key(
+        "login", "alice")
+    distinct = {maker.user_generation_key("login", n) for n in (1, True, 1.0, "1", "True")}
+    assert len(distinct) == 5
+    assert maker.user_generation_key("login", "x") != maker.user_generation_key("userid", "x")
