@@ -13,9 +13,10 @@ process that cannot reach memcached serves nothing from memory.
 
 Keys never hold credentials: they are keyed BLAKE2b digests under a random per-process key
 (the memcached keys need a shared secret; these don't, and are cheaper) of the items'
-``marshal`` encoding. ``marshal`` is only ever written here, never read; it encodes exact
-built-in types unambiguously and refuses everything else (subclasses included), so an
-identity holding anything else simply skips the near cache.
+``marshal`` encoding. ``marshal`` is only ever written here, never read. It encodes
+built-in scalars and containers unambiguously and refuses other objects, subclasses of str
+and int included, so such an identity simply skips the near cache. It writes bytes-like
+objects (bytearray, memoryview, bytes subclasses) as bytes, as the memcached key does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ _IMMUTABLE_TYPES = (str, bytes, int, float, bool, type(None))
 # Version 2: the newest without back-references and interning marks, so equal items encode
 # alike whatever objects hold them (version 4 makes them depend on reference counts).
 _MARSHAL_VERSION = 2
+
+def is_mutable(values: dict[str, Any]) -> bool:
+    """True if any value could be changed in place (a list, a dict...)."""
+    return not all(isinstance(v, _IMMUTABLE_TYPES) for v in values.values())
+
+
+def copy_if_mutable(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` itself if nothing in it can change, else a deep copy."""
+    return copy.deepcopy(values) if is_mutable(values) else values
+
 
 Answer = tuple[Any, dict[str, Any], bool]
 """What the near cache holds for an identity: (userid, values, positive)."""
@@ -101,9 +112,7 @@ class NearCache:
         if lifetime <= 0:
             return
         values = values or {}
-        needs_copy = not isinstance(userid, _IMMUTABLE_TYPES) or not all(
-            isinstance(v, _IMMUTABLE_TYPES) for v in values.values()
-        )
+        needs_copy = not isinstance(userid, _IMMUTABLE_TYPES) or is_mutable(values)
         answer = (userid, values, positive)
         if needs_copy:
             answer = copy.deepcopy(answer)

@@ -39,7 +39,7 @@ from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import KeyMaker, Unencodable, is_encodable
-from .nearcache import Answer, NearCache
+from .nearcache import Answer, NearCache, copy_if_mutable
 from .options import Options, build_plugin
 from .sealing import Sealer, Unsealable, tag_tuples
 
@@ -351,7 +351,9 @@ class CachingPlugin:
             return None
         self._record(environ, method, "miss")
         if outcome.values:
-            identity.update(outcome.values)
+            # Requests coalesced on this miss share one outcome: each gets its own copy of
+            # anything it could change.
+            identity.update(copy_if_mutable(outcome.values))
         return outcome.userid
 
     def _fetch(
@@ -587,18 +589,18 @@ class CachingPlugin:
         return record
 
     def _create_generation(self, key: str, route: str, current: Any) -> bytes | None:
-        """First use of a generation: create its token (or read the one a rival created).
+        """First use of a generation: create its token; None if another one appeared.
 
-        A token that is not one of ours (garbage written into memcached) is replaced: that
-        only invalidates what was stored under it.
+        A token that appeared since our read may be an invalidation's, made while our
+        backend call ran: adopting it would store a pre-invalidation answer as current. So
+        a lost race stores nothing (the next miss stores under the winner's token). A token
+        that is not one of ours (garbage written into memcached) is replaced: that only
+        invalidates what was stored under it.
         """
         token = _new_token()
         if current is not None:
             return token if self.backend.set(key, token, 0, route) else None
-        if self.backend.add(key, token, 0, route):
-            return token
-        current = self.backend.get_multi([key], route).get(key)
-        return current if _is_token(current) else None
+        return token if self.backend.add(key, token, 0, route) else None
 
     # ---------------------------------------------------------------- operations
 
@@ -616,6 +618,8 @@ class CachingPlugin:
                 key = self._keys.user_generation_key(kind, name)
                 failed.update(self._replace_generation(key))
         failed.update(self._replace_generation(self._epoch_key))
+        if self._near is not None:
+            self._flush_near()  # this process at once; the others within check_interval
         self.counters.incr("invalidations")
         return sorted(failed)
 
@@ -624,6 +628,8 @@ class CachingPlugin:
         servers that could not be reached."""
         failed = set(self._replace_generation(self._namespace_key))
         failed.update(self._replace_generation(self._epoch_key))
+        if self._near is not None:
+            self._flush_near()
         self.counters.incr("invalidations")
         return sorted(failed)
 
