@@ -5,7 +5,7 @@ A key must (a) be the same for the same identity in every process sharing the se
 was made from. HMAC under a key derived from ``secret`` gives (c); the canonical encoding
 below gives (a) and (b): every value is type-tagged and length-prefixed, so no two distinct
 item lists encode to the same bytes (``("ab", "c")`` and ``("a", "bc")`` differ, ``"1"`` and
-``1`` differ, ``b"x"`` and ``"x"`` differ).
+``1`` differ, ``b"x"`` and ``"x"`` differ, ``["a"]`` and ``("a",)`` differ).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def encode_value(value: Any, out: list[bytes]) -> None:
     elif isinstance(value, float):
         out.append(b"f" + float.hex(value).encode() + b";")
     elif isinstance(value, (list, tuple)):
-        out.append(b"l%d:" % len(value))
+        out.append((b"t%d:" if isinstance(value, tuple) else b"l%d:") % len(value))
         for item in value:
             encode_value(item, out)
     elif isinstance(value, dict):
