@@ -222,9 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     invalidate = commands.add_parser(
-        "invalidate", help="stop using every cached entry of the given logins, at once",
+        "invalidate", help="stop using every cached entry of the given logins",
         description="Every cached authentication of each LOGIN (whatever password was used) "
-        "and its cached metadata stop being used at once, on every server sharing the cache.")
+        "and its cached metadata stop being used at once, on every server sharing the cache "
+        "(within local_check_interval where the near cache, local_ttl, is on).")
     invalidate.add_argument("config", metavar="CONFIG")
     invalidate.add_argument("logins", metavar="LOGIN", nargs="+")
     invalidate.add_argument("--userid", help="the userid whose metadata to drop, when it is "
