@@ -10,7 +10,11 @@ password) while a fault is injected after a warm-up, held, then lifted:
 * memcached killed, then restarted (empty) on the same port;
 * memcached hung (SIGSTOP: connections are accepted, nothing answers), then resumed;
 * one of three memcached servers lost, then back (empty);
-* slapd stopped, then started again.
+* slapd stopped, then started again;
+* the first two again with the near cache on (``local_ttl``; pymemcache only: the near cache
+  sits above the client);
+* not a fault but the reason operators invalidate: a user's password changes in LDAP, then
+  the user is invalidated with the CLI (with and without the near cache).
 
 For each, and for both memcached clients, whatever the timing:
 
@@ -23,6 +27,13 @@ For each, and for both memcached clients, whatever the timing:
   the LDAP connect timeout) has passed;
 * no request waits much longer than the timeouts allow;
 * the cache works again afterwards (hits come back), and so do logins that need LDAP.
+
+With the near cache on, also: nothing is served from memory (not even a refusal) once the
+fault has lasted ``local_check_interval`` + ``socket_timeout`` (+ a margin), since the
+invalidation epoch can't be read; and local hits come back after recovery. After a password
+change and an invalidation, the old password is refused and the new one accepted for every
+request sent after the invalidation returned (``local_check_interval`` later with the near
+cache).
 
 Each scenario takes a few seconds; every loop is bounded by count and time, every thread is
 a daemon, and every server is stopped by its fixture.
@@ -41,21 +52,23 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ldap3
 import pytest
 from conftest import SECRET
 from paste.deploy import loadapp
 from waitress import wasyncore
 from waitress.server import create_server
 
+from repoze_who_memcached import cli
 from repoze_who_memcached.testing import MemcachedServer, SlapdServer, free_port
 
-pytestmark = pytest.mark.slow  # real servers, real time: ~45 s for the file
+pytestmark = pytest.mark.slow  # real servers, real time: ~60 s for the file
 
 CLIENTS = ["python-memcached", "pymemcache"]
 
@@ -84,6 +97,16 @@ HOLD = 1.2
 AFTER = MEMCACHED_GRACE + 0.8
 MAX_REQUESTS_PER_THREAD = 5000
 CLIENT_TIMEOUT = 15.0  # http.client: far above any legitimate latency
+
+# The near cache, where a scenario turns it on: answers kept in memory for a minute (longer
+# than any scenario), the invalidation epoch read at most every LOCAL_CHECK_INTERVAL.
+LOCAL_CHECK_INTERVAL = 0.3
+NEAR_CACHE = {"local_ttl": 60, "local_check_interval": LOCAL_CHECK_INTERVAL}
+# Once memcached fails, the next epoch read (due within LOCAL_CHECK_INTERVAL) fails within
+# SOCKET_TIMEOUT and empties the near cache: nothing is served from memory for a request sent
+# this long after the fault took effect. (Strictly, LOCAL_CHECK_INTERVAL is enough: while a
+# read is in progress other threads skip the near cache. The rest is the margin.)
+NEAR_FLUSH_BOUND = LOCAL_CHECK_INTERVAL + SOCKET_TIMEOUT + 0.2
 
 
 # ------------------------------------------------------------------ credentials
@@ -128,9 +151,10 @@ MIX = (ALICE, BAD[0], BOB, BAD[1], ZOE, CAROL, BAD[2], ALICE, BAD[3], BOB, ZOE, 
 # ------------------------------------------------------------------ the served stack
 
 
-def stack_ini(slapd: SlapdServer, memcached_urls: str, client: str) -> str:
+def stack_ini(slapd: SlapdServer, memcached_urls: str, client: str,
+              options: Mapping[str, Any] | None = None) -> str:
     """``development.ini``'s pipeline (and cache options) with this test's servers and
-    small timeouts."""
+    small timeouts; ``options`` adds (or overrides) cache options."""
     ldap = textwrap.dedent(f"""\
         .url = {slapd.url}
         .base_dn = {slapd.users_base_dn}
@@ -139,6 +163,19 @@ def stack_ini(slapd: SlapdServer, memcached_urls: str, client: str) -> str:
         .connect_timeout = {LDAP_CONNECT_TIMEOUT}
         .timeout = {LDAP_TIMEOUT}
     """)
+    cache = {
+        "memcached_urls": memcached_urls,
+        "memcached_client": client,
+        "socket_timeout": SOCKET_TIMEOUT,
+        "dead_retry": DEAD_RETRY,
+        "secret": SECRET,
+        "stats_log_interval": 0,
+        "ttl": 300,
+        "negative_ttl": 10,
+        "stale_ttl": 3600,
+        "lock_timeout": 5,
+        **(options or {}),
+    }
     return "\n".join([
         "[app:demo]",
         "use = egg:repoze_who_memcached#demo",
@@ -153,16 +190,7 @@ def stack_ini(slapd: SlapdServer, memcached_urls: str, client: str) -> str:
         *("mdprovider" + line for line in ldap.splitlines()),
         "mdprovider.attributes = mail cn displayName=name",
         f"mdprovider.group_base_dn = {slapd.groups_base_dn}",
-        f"memcached_urls = {memcached_urls}",
-        f"memcached_client = {client}",
-        f"socket_timeout = {SOCKET_TIMEOUT}",
-        f"dead_retry = {DEAD_RETRY}",
-        f"secret = {SECRET}",
-        "stats_log_interval = 0",
-        "ttl = 300",
-        "negative_ttl = 10",
-        "stale_ttl = 3600",
-        "lock_timeout = 5",
+        *(f"{name} = {value}" for name, value in cache.items()),
         "",
         "[pipeline:main]",
         "pipeline = auth demo",
@@ -174,6 +202,7 @@ def stack_ini(slapd: SlapdServer, memcached_urls: str, client: str) -> str:
 class Stack:
     port: int
     app: Any
+    ini: Path  # what the app was loaded from (the CLI can load it too: ``ini#auth``)
 
     @property
     def cache(self) -> Any:
@@ -184,15 +213,16 @@ class Stack:
 
 @contextmanager
 def served(tmp_path: Path, slapd: SlapdServer, memcached: Iterable[MemcachedServer],
-           client: str) -> Iterator[Stack]:
+           client: str, options: Mapping[str, Any] | None = None) -> Iterator[Stack]:
     """Serve the stack on waitress in a daemon thread; shut everything down afterwards.
+    ``options``: extra cache options (see :func:`stack_ini`).
 
     The event loop runs in short rounds so that it can be stopped cleanly (closing the
     server under a running ``select`` makes it raise EBADF).
     """
     ini = tmp_path / "faults.ini"
     urls = " ".join(server.url for server in memcached)
-    ini.write_text(stack_ini(slapd, urls, client), encoding="utf-8")
+    ini.write_text(stack_ini(slapd, urls, client, options), encoding="utf-8")
     app = loadapp(f"config:{ini}")
     port = free_port()
     channels: dict[int, Any] = {}
@@ -206,7 +236,7 @@ def served(tmp_path: Path, slapd: SlapdServer, memcached: Iterable[MemcachedServ
 
     thread = threading.Thread(target=serve, name="waitress", daemon=True)
     thread.start()
-    stack = Stack(port, app)
+    stack = Stack(port, app, ini)
     try:
         yield stack
     finally:
@@ -274,10 +304,12 @@ def send(conn: http.client.HTTPConnection, cred: Cred, thread: int = -1) -> Resu
 
 
 class Load:
-    """``CLIENT_THREADS`` keep-alive clients walking ``MIX`` until stopped (bounded)."""
+    """``threads`` keep-alive clients walking ``mix`` until stopped (bounded)."""
 
-    def __init__(self, port: int, withheld: Iterable[Cred] = ()) -> None:
+    def __init__(self, port: int, withheld: Iterable[Cred] = (), *,
+                 mix: Sequence[Cred] = MIX, threads: int = CLIENT_THREADS) -> None:
         self.port = port
+        self._mix = tuple(mix)
         self._withheld = set(withheld)
         self._released = threading.Event()
         self._stop = threading.Event()
@@ -288,7 +320,7 @@ class Load:
         self.crashes: list[str] = []
         self._threads = [
             threading.Thread(target=self._run, args=(n,), name=f"load-{n}", daemon=True)
-            for n in range(CLIENT_THREADS)
+            for n in range(threads)
         ]
         self._deadline = 0.0
 
@@ -337,7 +369,7 @@ class Load:
         for _ in range(MAX_REQUESTS_PER_THREAD):
             if self._stop.is_set() or time.monotonic() > self._deadline:
                 break
-            cred = MIX[position % len(MIX)]
+            cred = self._mix[position % len(self._mix)]
             position += 1
             if cred in self._withheld and not self._released.is_set():
                 continue
@@ -429,7 +461,8 @@ class Run:
                   ("after", t.lift_end)]
         phases: dict[str, list[Result]] = {name: [] for name, _ in bounds}
         for r in self.results:
-            name = next(name for name, start in reversed(bounds) if r.sent >= start)
+            name = next((name for name, start in reversed(bounds) if r.sent >= start),
+                        "warm-up")  # a request sent before t0 (by a load started earlier)
             phases[name].append(r)
         return phases
 
@@ -512,22 +545,43 @@ def check_invariants(run: Run, grace: float) -> None:
     assert not problems, "\n\n".join(problems)
 
 
-def check_cache_recovered(run: Run, grace: float) -> None:
-    """After the fault (and its grace), every user's login is a cache hit again."""
+def check_cache_recovered(run: Run, grace: float, *, near: bool = False) -> None:
+    """After the fault (and its grace), every user's login is a cache hit again.
+
+    ``near``: the near cache is on, so a hit is a memcached hit or a ``local_hit``; and the
+    near cache must be back too: every user gets local hits again, and they are the rule.
+    """
     t = run.timeline
+    cached = ("hit", "local_hit") if near else ("hit",)
     late = run.select(lambda r: r.cred.good and r.sent >= t.lift_end + grace and r.status == 200)
-    hit_users = {r.cred for r in late if r.auth == "hit"}
+    hit_users = {r.cred for r in late if r.auth in cached}
     missing = {r.cred for r in late} - hit_users
     assert late and not missing, run.describe(
         f"no cache hit after recovery for {sorted(c.label for c in missing)}", late
     )
     # Once every user is cached again, hits are the rule (a miss per user and thread is not).
-    hits = sum(r.auth == "hit" for r in late)
+    hits = sum(r.auth in cached for r in late)
     assert hits >= 0.5 * len(late), run.describe(
         f"the cache did not come back: {hits} hits in {len(late)} logins after recovery", late
     )
-    assert run.counters_at_end["hits"] > run.counters_at_lift["hits"], run.describe(
-        "the hits counter did not grow after recovery", late
+    counters = ("hits", "local_hits") if near else ("hits",)
+    grew = sum(run.counters_at_end[c] - run.counters_at_lift[c] for c in counters)
+    assert grew > 0, run.describe(f"the {' and '.join(counters)} counter(s) did not grow after "
+                                  "recovery", late)
+    if not near:
+        return
+    local_users = {r.cred for r in late if r.auth == "local_hit"}
+    missing = {r.cred for r in late} - local_users
+    assert not missing, run.describe(
+        f"the near cache did not come back for {sorted(c.label for c in missing)}", late
+    )
+    local = sum(r.auth == "local_hit" for r in late)
+    assert local >= 0.5 * len(late), run.describe(
+        f"the near cache did not come back: {local} local hits in {len(late)} logins after "
+        "recovery", late
+    )
+    assert run.counters_at_end["local_hits"] > run.counters_at_lift["local_hits"], run.describe(
+        "the local_hits counter did not grow after recovery", late
     )
 
 
@@ -592,30 +646,108 @@ def check_memcached_fault(run: Run, grace: float = MEMCACHED_GRACE) -> None:
     assert not refused, run.describe("good credentials refused while LDAP was up", refused)
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_memcached_killed_then_restarted(tmp_path, slapd, memcached_server, client):
-    with served(tmp_path, slapd, [memcached_server], client) as stack:
-        run = run_scenario(stack, lambda: kill(memcached_server), memcached_server.start)
+class NearCacheWatch:
+    """The counters when a fault is injected, and once the near cache must have been emptied
+    (``NEAR_FLUSH_BOUND`` after the fault took effect, read by a timer): between that moment
+    and the lifting, ``local_hits`` must not grow. The counter sees what responses cannot:
+    a refusal served from memory (a 401 says nothing of the cache)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.at_fault: dict[str, int] = {}
+        self.at_bound: dict[str, int] = {}
+        self.bound_read_at = 0.0
+
+    def before_fault(self) -> None:
+        self.at_fault = self.stack.cache.counters.snapshot()
+
+    def inject(self, fault: Callable[[], None]) -> Callable[[], None]:
+        def inject() -> None:
+            fault()
+            timer = threading.Timer(NEAR_FLUSH_BOUND, self._read_counters)
+            timer.daemon = True
+            timer.start()
+        return inject
+
+    def _read_counters(self) -> None:
+        self.at_bound = self.stack.cache.counters.snapshot()
+        self.bound_read_at = time.monotonic()
+
+
+def check_near_cache_off_during_fault(run: Run, watch: NearCacheWatch) -> None:
+    """With the near cache on and memcached failing: it served before the fault, it was
+    emptied, and nothing came from memory once the epoch could no longer be read."""
+    t = run.timeline
+    before = run.select(lambda r: r.sent < t.fault_begin and r.auth == "local_hit")
+    assert before, run.describe("no local hit before the fault: is the near cache on?", [])
+    late = run.select(lambda r: t.within_fault(r, NEAR_FLUSH_BOUND))
+    assert len(late) >= 10, run.describe(
+        f"too few requests more than {NEAR_FLUSH_BOUND:.1f}s into the fault", late
+    )
+    from_memory = [r for r in late if any(o.startswith("local_") for o in r.outcome.values())]
+    assert not from_memory, run.describe(
+        f"NEAR CACHE USED WHILE MEMCACHED FAILED: answers from memory more than "
+        f"{NEAR_FLUSH_BOUND:.1f}s after the fault took effect (the invalidation epoch could "
+        f"not be read)", from_memory,
+    )
+    assert watch.at_bound and watch.bound_read_at < t.lift_begin, (
+        f"the counters were not read during the fault (timer late): {t}"
+    )
+    served = run.counters_at_lift["local_hits"] - watch.at_bound["local_hits"]
+    assert served == 0, run.describe(
+        f"NEAR CACHE USED WHILE MEMCACHED FAILED: local_hits grew by {served} between "
+        f"{NEAR_FLUSH_BOUND:.1f}s into the fault and its lifting (bad credentials' refusals "
+        f"included, which responses do not show)", [],
+    )
+    assert run.counters_at_lift["local_flushes"] > watch.at_fault["local_flushes"], run.describe(
+        f"the near cache was never emptied during the fault (local_flushes "
+        f"{watch.at_fault['local_flushes']} at the fault)", [],
+    )
+
+
+# Each memcached fault with both clients, and with pymemcache and the near cache on (the
+# near cache is above the client: one client is enough for it).
+MEMCACHED_FAULT_CASES = [
+    pytest.param("python-memcached", False, id="python-memcached"),
+    pytest.param("pymemcache", False, id="pymemcache"),
+    pytest.param("pymemcache", True, id="pymemcache-near-cache"),
+]
+
+
+@pytest.mark.parametrize(("client", "near"), MEMCACHED_FAULT_CASES)
+def test_memcached_killed_then_restarted(tmp_path, slapd, memcached_server, client, near):
+    with served(tmp_path, slapd, [memcached_server], client,
+                NEAR_CACHE if near else None) as stack:
+        watch = NearCacheWatch(stack)
+        run = run_scenario(stack, watch.inject(lambda: kill(memcached_server)),
+                           memcached_server.start, before_fault=watch.before_fault)
     check_memcached_fault(run)
     during = run.select(lambda r: r.cred.good and run.timeline.within_fault(r))
     assert len(during) >= 10, run.describe("too few logins while memcached was down", during)
     served_from_cache = [r for r in during if r.auth == "hit"]
     assert not served_from_cache, run.describe("cache hits from a dead memcached?",
                                                served_from_cache)
-    check_cache_recovered(run, MEMCACHED_GRACE)
+    if near:
+        check_near_cache_off_during_fault(run, watch)
+    check_cache_recovered(run, MEMCACHED_GRACE, near=near)
 
 
-@pytest.mark.parametrize("client", CLIENTS)
-def test_memcached_hung_then_resumed(tmp_path, slapd, memcached_server, client):
-    with served(tmp_path, slapd, [memcached_server], client) as stack:
-        run = run_scenario(stack, memcached_server.pause, memcached_server.resume)
+@pytest.mark.parametrize(("client", "near"), MEMCACHED_FAULT_CASES)
+def test_memcached_hung_then_resumed(tmp_path, slapd, memcached_server, client, near):
+    with served(tmp_path, slapd, [memcached_server], client,
+                NEAR_CACHE if near else None) as stack:
+        watch = NearCacheWatch(stack)
+        run = run_scenario(stack, watch.inject(memcached_server.pause), memcached_server.resume,
+                           before_fault=watch.before_fault)
     check_memcached_fault(run)
     during = run.select(lambda r: r.cred.good and run.timeline.within_fault(r))
     assert len(during) >= 10, run.describe("too few logins while memcached hung", during)
     served_from_cache = [r for r in during if r.auth == "hit"]
     assert not served_from_cache, run.describe("cache hits from a stopped memcached?",
                                                served_from_cache)
-    check_cache_recovered(run, MEMCACHED_GRACE)
+    if near:
+        check_near_cache_off_during_fault(run, watch)
+    check_cache_recovered(run, MEMCACHED_GRACE, near=near)
 
 
 def _sealed_entries(server: MemcachedServer) -> int:
@@ -694,6 +826,145 @@ def test_slapd_stopped_then_started(tmp_path, slapd_server, memcached_server, cl
     assert run.counters_at_end["cache_errors"] == 0, run.describe(
         "cache errors counted although memcached never failed", []
     )
+
+
+# ------------------------------------------------------------------ a password change
+
+
+# dave is added to this test's slapd: a user of his own, whom the main load never sends, so
+# that the main load's invariants hold as they are. Both his passwords log in as dave when
+# LDAP accepts them: which one that is depends on when.
+DAVE_OLD = Cred("dave, old password", "dave", "dave-old-password", "dave", "dave@example.org")
+DAVE_NEW = Cred("dave, new password", "dave", "dave-new-password", "dave", "dave@example.org")
+PASSWORD_HOLD = 0.8  # between the password change and the invalidation
+PASSWORD_AFTER = 1.5
+
+
+@contextmanager
+def ldap_admin(slapd: SlapdServer) -> Iterator[ldap3.Connection]:
+    """A connection bound as the root DN (which bypasses the ACLs)."""
+    conn = ldap3.Connection(ldap3.Server(slapd.url, get_info=ldap3.NONE), slapd.root_dn,
+                            slapd.root_password, auto_bind=True, receive_timeout=5)
+    try:
+        yield conn
+    finally:
+        conn.unbind()
+
+
+def _dn(slapd: SlapdServer, cred: Cred) -> str:
+    return f"uid={cred.login},{slapd.users_base_dn}"
+
+
+def add_user(slapd: SlapdServer, cred: Cred) -> None:
+    with ldap_admin(slapd) as conn:
+        added = conn.add(_dn(slapd, cred), ["inetOrgPerson"],
+                         {"uid": cred.login, "cn": "Dave Davies", "sn": "Davies",
+                          "mail": cred.mail})
+        assert added, conn.result
+    set_password(slapd, cred)
+
+
+def set_password(slapd: SlapdServer, cred: Cred) -> None:
+    """As an administrator would: the Password Modify extended operation (slapd hashes it)."""
+    with ldap_admin(slapd) as conn:
+        changed = conn.extend.standard.modify_password(_dn(slapd, cred),
+                                                       new_password=cred.password)
+        assert changed, conn.result
+
+
+def invalidate_with_cli(stack: Stack, login: str) -> None:
+    """``repoze-who-memcached invalidate INI#auth LOGIN``, in this process but with plugins
+    of its own, built from the ini: as from another machine sharing the cache."""
+    status = cli.main(["invalidate", f"{stack.ini}#auth", login])
+    assert status == 0, f"the CLI's invalidate failed (exit status {status})"
+
+
+def check_password_change(run: Run, dave: list[Result], bound: float, near: bool) -> None:
+    """dave's requests: before the change the old password logs in and the new one doesn't;
+    from ``bound`` after the invalidation returned, the reverse, always."""
+    t = run.timeline
+    dave_run = Run(dave, t, run.counters_at_lift, run.counters_at_end)
+    problems = []
+
+    def expect_none(title: str, rows: list[Result]) -> None:
+        if rows:
+            problems.append(dave_run.describe(title, rows))
+
+    expect_none("requests without an HTTP response (connection errors)",
+                [r for r in dave if r.error is not None])
+    expect_none("responses other than 200 or 401",
+                [r for r in dave if r.error is None and r.status not in (200, 401)])
+    expect_none("WRONG USER: a 200 for dave's credentials but not as dave",
+                [r for r in dave if r.status == 200
+                 and (r.userid != "dave" or r.remote_user != "dave")])
+    expect_none("WRONG METADATA: another user's mail in dave's identity",
+                [r for r in dave if r.status == 200 and r.mail is not None
+                 and DAVE_OLD.mail not in _as_list(r.mail)])
+    before = [r for r in dave if r.done <= t.fault_begin]
+    expect_none("before the password change, the old password refused or the new accepted",
+                [r for r in before if (r.status == 200) != (r.cred == DAVE_OLD)])
+    after = [r for r in dave if r.sent >= t.lift_end + bound]
+    expect_none(f"OLD PASSWORD ACCEPTED OR NEW ONE REFUSED, sent {bound:.1f}s or more after "
+                f"the invalidation returned",
+                [r for r in after if (r.status == 200) != (r.cred == DAVE_NEW)])
+    assert not problems, "\n\n".join(problems)
+    for cred in (DAVE_OLD, DAVE_NEW):
+        sent = [r for r in before if r.cred == cred]
+        assert len(sent) >= 3, dave_run.describe(f"too few [{cred.label}] before the change", sent)
+        sent = [r for r in after if r.cred == cred]
+        assert len(sent) >= 5, dave_run.describe(
+            f"too few [{cred.label}] {bound:.1f}s after the invalidation", sent
+        )
+    # The scenario needs the invalidation: until it, the cache still took the old password.
+    stale = [r for r in dave if r.cred == DAVE_OLD and r.status == 200 and r.sent >= t.fault_on
+             and r.done <= t.lift_begin]
+    assert stale, dave_run.describe("the old password was never accepted from the cache between "
+                                    "the change and the invalidation", dave)
+    if near:
+        assert any(r.auth == "local_hit" for r in stale), dave_run.describe(
+            "the old password was never accepted from the near cache before the invalidation",
+            stale,
+        )
+
+
+@pytest.mark.parametrize("near", [False, True], ids=["memcached-only", "near-cache"])
+def test_password_changed_then_invalidated(tmp_path, slapd_server, memcached_server, near):
+    """Why operators invalidate: dave's password changes in LDAP while the load runs, then
+    an operator invalidates dave with the CLI (plugins of its own, as on another machine).
+    Until then the cache may keep taking the old password; after it, never: at once without
+    the near cache, within ``local_check_interval`` with it. (In the timeline, the "fault"
+    is the password change and its "lifting" the invalidation.)
+
+    No margin is added to these bounds, and none is needed: a request *sent* after the
+    invalidation returned reads the new generation token; with the near cache, one sent
+    ``local_check_interval`` after it is served from memory only after an epoch read that
+    began after the invalidation."""
+    add_user(slapd_server, DAVE_OLD)
+    bound = LOCAL_CHECK_INTERVAL if near else 0.0
+    with served(tmp_path, slapd_server, [memcached_server], "pymemcache",
+                NEAR_CACHE if near else None) as stack:
+        probe = Load(stack.port, mix=(DAVE_OLD, DAVE_NEW), threads=2)
+        probe.start(max_seconds=WARM_UP + PASSWORD_HOLD + PASSWORD_AFTER + 20)
+        try:
+            run = run_scenario(stack, lambda: set_password(slapd_server, DAVE_NEW),
+                               lambda: invalidate_with_cli(stack, DAVE_OLD.login),
+                               hold=PASSWORD_HOLD, after=PASSWORD_AFTER)
+        finally:
+            dave = probe.stop()
+    check_password_change(run, dave, bound, near)
+    # The other users: never refused, and the invalidation of dave cost them nothing (no
+    # miss); with the near cache, which the invalidation emptied, back to local hits.
+    check_invariants(run, 0.0)
+    refused = run.select(lambda r: r.cred.good and r.status != 200)
+    assert not refused, run.describe("good credentials refused", refused)
+    missed = run.select(lambda r: r.cred.good and r.sent >= run.timeline.lift_end
+                        and r.auth not in ("hit", "local_hit"))
+    assert not missed, run.describe("other users' logins not cached after dave's invalidation",
+                                    missed)
+    check_cache_recovered(run, bound, near=near)
+    if near:
+        flushes = run.counters_at_end["local_flushes"] - run.counters_at_lift["local_flushes"]
+        assert flushes >= 1, run.describe("the invalidation never emptied the near cache", [])
 
 
 # ------------------------------------------------------------------ regressions
