@@ -9,6 +9,7 @@ nothing extra happens per request for Prometheus.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -35,53 +36,39 @@ COUNTER_NAMES = (
 class Counters:
     """Exact event counts, cheap enough for the request path, plus a periodic INFO summary.
 
-    Each thread counts into a dict of its own (no lock, no lost updates: only its thread
-    writes it); :meth:`snapshot` adds them up. Tallies of finished threads are folded into
-    one, so a server that starts a thread per request does not grow the list.
+    Each counter is an ``itertools.count``: ``next()`` is one C call, which the GIL makes
+    atomic, so counting takes no lock and loses nothing. Reading one advances it too, so
+    :meth:`snapshot` (under a lock) subtracts the reads it has made.
     """
 
     def __init__(self, name: str, logger: logging.Logger, log_interval: float = 0.0) -> None:
         self.name = name
-        self._tallies: list[tuple[threading.Thread, dict[str, int]]] = []
-        self._retired = dict.fromkeys(COUNTER_NAMES, 0)  # from threads that have ended
-        self._mine = threading.local()
-        self._lock = threading.Lock()  # guards the tallies' list and the summary's schedule
+        self._counts = {counter: itertools.count() for counter in COUNTER_NAMES}
+        self._reads = 0  # how many times snapshot() advanced every counter
+        self._lock = threading.Lock()  # guards snapshot reads and the summary's schedule
         self._logger = logger
         self._log_interval = log_interval
         self._next_log = time.monotonic() + log_interval if log_interval else float("inf")
 
-    def incr(self, counter: str, amount: int = 1) -> None:
-        try:
-            self._mine.tally[counter] += amount
-        except AttributeError:  # this thread's first count
-            tally = self._mine.tally = dict.fromkeys(COUNTER_NAMES, 0)
-            with self._lock:
-                self._retire_finished()
-                self._tallies.append((threading.current_thread(), tally))
-            tally[counter] += amount
+    def incr(self, counter: str) -> None:
+        next(self._counts[counter])
+        if time.monotonic() >= self._next_log:
+            self._log_summary()
+
+    def counter(self, counter: str) -> Iterator[int]:
+        """The raw counter, for the hottest path: ``next()`` it to count (without the
+        summary's schedule check: call :meth:`log_if_due` now and then instead)."""
+        return self._counts[counter]
+
+    def log_if_due(self) -> None:
         if time.monotonic() >= self._next_log:
             self._log_summary()
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:
-            self._retire_finished()
-            totals = dict(self._retired)
-            tallies = [tally for _thread, tally in self._tallies]
-        for tally in tallies:
-            for counter, count in list(tally.items()):
-                totals[counter] += count
-        return totals
-
-    def _retire_finished(self) -> None:
-        """Fold the tallies of threads that have ended (they count no more). Lock held."""
-        live = []
-        for thread, tally in self._tallies:
-            if thread.is_alive():
-                live.append((thread, tally))
-            else:
-                for counter, count in tally.items():
-                    self._retired[counter] += count
-        self._tallies = live
+            reads = self._reads
+            self._reads += 1
+            return {counter: next(count) - reads for counter, count in self._counts.items()}
 
     def hit_ratio(self) -> float | None:
         counts = self.snapshot()

@@ -77,19 +77,27 @@ class NearCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def key(self, method: str, items: Sequence[tuple[str, Any]]) -> bytes | None:
-        """The digest for these items, or None when marshal can't encode one of them."""
+    def lookup(self, method: str, items: Sequence[Any]) -> tuple[bytes | None, Answer | None]:
+        """The key for these items (None when marshal can't encode one of them) and, if
+        held and not expired, the answer ``(userid, values, positive)``. The caller may
+        change ``values``' contents (a copy if they could be changed) but not the dict."""
         try:
             encoded = marshal.dumps(items, _MARSHAL_VERSION)
         except ValueError:
-            return None
+            return None, None
         digest = self._hashes[method].copy()
         digest.update(encoded)
-        return digest.digest()
+        key = digest.digest()
+        entry = self._entries.get(key)
+        if entry is None or time.monotonic() >= entry[0]:
+            return key, None
+        return key, copy.deepcopy(entry[2]) if entry[1] else entry[2]
+
+    def key(self, method: str, items: Sequence[Any]) -> bytes | None:
+        return self.lookup(method, items)[0]
 
     def get(self, key: bytes) -> Answer | None:
-        """``(userid, values, positive)`` if held and not expired; the caller may change
-        ``values``' contents (they are a copy if they could be changed) but not the dict."""
+        """The answer held under ``key`` (as :meth:`lookup` returns it), if any."""
         entry = self._entries.get(key)
         if entry is None or time.monotonic() >= entry[0]:
             return None

@@ -156,6 +156,7 @@ class CachingPlugin:
         self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
         self._near_epoch: bytes | None = None  # the epoch token as last read
         self._near_check_lock = threading.Lock()
+        self._local_hits = self.counters.counter("local_hits")  # counted without a call
         self._flights: dict[str, _Flight] = {}
         self._lock_token = _new_token()  # marks the memcached locks this plugin takes
         self._flights_lock = threading.Lock()
@@ -220,27 +221,30 @@ class CachingPlugin:
         wrapped = self.authenticator or self._wrapped(environ, "authenticator")
         if wrapped is None:
             return None
-        items = self._authenticate_items(identity)
-        if items is None:
-            self._record(environ, AUTHENTICATE, "uncached")
-            return self._call_backend(wrapped.authenticate, environ, identity).userid
         try:
             near_key = None
             if self._near is not None:
-                near_key = self._near.key(AUTHENTICATE, items)
-                if near_key is not None and (
-                    time.monotonic() < self._near_check_at or self._near_usable()
-                ):
-                    answer = self._near.get(near_key)
-                    if answer is not None:
-                        return self._restore_near(environ, identity, AUTHENTICATE, answer)
-            user_key = self._user_key("login", identity.get(self.login_item))
-            return self._cached_call(
-                environ, identity, AUTHENTICATE, wrapped.authenticate, items, user_key, near_key
-            )
+                # Keyed on the identity's items as they come (no sorting, no type checks:
+                # marshal refuses what it can't encode): at worst a finer key than the
+                # entry's, never a coarser one.
+                near_items = (
+                    [(n, v) for n, v in identity.items() if n not in BOOKKEEPING_ITEMS]
+                    if self.key_items is None
+                    else [(n, identity.get(n)) for n in self.key_items]
+                )
+                near_key, answer = self._near_lookup(AUTHENTICATE, near_items)
+                if answer is not None:
+                    return self._restore_near(environ, identity, AUTHENTICATE, answer)
+            items = self._authenticate_items(identity)
+            if items is not None:
+                user_key = self._user_key("login", identity.get(self.login_item))
+                return self._cached_call(environ, identity, AUTHENTICATE, wrapped.authenticate,
+                                         items, user_key, near_key)
         except Exception:  # a bug of ours must not become a 500: answer uncached
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
             return self._call_backend(wrapped.authenticate, environ, identity).userid
+        self._record(environ, AUTHENTICATE, "uncached")
+        return self._call_backend(wrapped.authenticate, environ, identity).userid
 
     # ---------------------------------------------------------------- IMetadataProvider
 
@@ -259,14 +263,10 @@ class CachingPlugin:
         try:
             near_key = None
             if self._near is not None:
-                near_key = self._near.key(ADD_METADATA, items)
-                if near_key is not None and (
-                    time.monotonic() < self._near_check_at or self._near_usable()
-                ):
-                    answer = self._near.get(near_key)
-                    if answer is not None:
-                        self._restore_near(environ, identity, ADD_METADATA, answer)
-                        return
+                near_key, answer = self._near_lookup(ADD_METADATA, items)
+                if answer is not None:
+                    self._restore_near(environ, identity, ADD_METADATA, answer)
+                    return
             user_key = self._user_key("userid", userid)
             self._cached_call(
                 environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key, near_key
@@ -507,11 +507,17 @@ class CachingPlugin:
 
     def _restore_near(self, environ: dict, identity: dict, method: str, answer: Answer) -> Any:
         userid, values, positive = answer
-        self.counters.incr("local_hits")
+        next(self._local_hits)
         self._record(environ, method, "local_hit" if positive else "local_negative_hit")
         if values:
             identity.update(values)
         return userid
+
+    def _near_lookup(self, method: str, items: list) -> tuple[bytes | None, Answer | None]:
+        """The near cache's key for these items, and its answer if it may serve one now."""
+        if time.monotonic() < self._near_check_at or self._near_usable():
+            return self._near.lookup(method, items)
+        return self._near.key(method, items), None
 
     def _near_usable(self) -> bool:
         """True if the invalidation epoch was read less than local_check_interval ago, or
@@ -529,6 +535,7 @@ class CachingPlugin:
 
     def _check_invalidation_epoch(self) -> None:
         """Flush the near cache if an invalidation happened since the last read."""
+        self.counters.log_if_due()  # local hits skip the schedule check; it is made here
         started = time.monotonic()
         key = self._epoch_key
         epoch = self.backend.get_multi([key], key).get(key)
