@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import marshal
 import os
 import threading
@@ -130,8 +131,12 @@ class NearCache:
                 return
             entries = self._entries
             entries.pop(key, None)
-            while len(entries) >= self.max_entries:
-                del entries[next(iter(entries))]  # oldest first
+            if len(entries) >= self.max_entries:
+                # Drop the oldest tenth at once, into a new dict: popping a dict's first
+                # entry one at a time is O(n) each (the holes before it are scanned), and
+                # a rebuilt dict has no holes. Readers keep the old one until they finish.
+                drop = max(1, len(entries) - self.max_entries + 1, self.max_entries // 10)
+                entries = self._entries = dict(itertools.islice(entries.items(), drop, None))
             entries[key] = entry
 
     def flush(self) -> None:

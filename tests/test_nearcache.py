@@ -954,3 +954,17 @@ def test_the_invalidating_process_drops_its_own_near_cache_at_once(memcached):
     plugin.invalidate_all()
     assert auth(plugin) == ("user:alice", "miss")
     assert backend.calls == 3
+
+
+def test_a_full_near_cache_drops_its_oldest_tenth():
+    near = new_near(max_entries=100)
+    keys = []
+    for i in range(1000):
+        key = near.key(AUTHENTICATE, [("login", f"user{i}"), ("password", "pw")])
+        keys.append(key)
+        near.put(key, f"user{i}", {}, True, time.time() + 60, near.flushes)
+        assert len(near) <= 100
+        # The newest 90 are always there; what went was the oldest.
+        assert all(near.get(k) is not None for k in keys[-90:])
+    held = [k for k in keys if near.get(k) is not None]
+    assert held == keys[-len(held):] and len(held) >= 90
