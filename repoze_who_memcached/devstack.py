@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import secrets
 import signal
 import subprocess
@@ -22,6 +23,16 @@ from .testing import MemcachedServer, SlapdServer
 
 MEMCACHED_PORT = 22122
 SLAPD_PORT = 3890
+# PasteScript (``paster``) imports pkg_resources, which warns on every start; not ours to fix.
+QUIET_PASTESCRIPT = "ignore:pkg_resources is deprecated as an API:UserWarning"
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment, with PasteScript's pkg_resources warning silenced."""
+    env = dict(os.environ)
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"),
+                                                   QUIET_PASTESCRIPT]))
+    return env
 
 
 def ensure_secret(path: Path) -> None:
@@ -62,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if not command:
             signal.pause()
             return 0
-        child = subprocess.Popen(command)
+        child = subprocess.Popen(command, env=child_environment())
         try:
             return child.wait()
         except KeyboardInterrupt:
