@@ -191,3 +191,88 @@ def test_threaded_waitress_with_each_client(tmp_path, memcached, client):
     counts = cache.counters.snapshot()
     assert counts["hits"] > 100
     assert counts["backend_calls"] < 8 * 40 - 100
+
+
+# ------------------------------------------------------------------ our get reader
+
+
+class ScriptedSocket:
+    """Replays a reply in the chunks given (pure protocol logic: no server needed)."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.sent = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def recv(self, size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+REPLY = (b"VALUE k1 0 5\r\nEND\r\n\r\n"  # a value that contains the terminator itself
+         b"VALUE k2 7 0\r\n\r\n"
+         b"VALUE k3 0 3 1234\r\nabc\r\n"  # with a cas unique
+         b"END\r\n")
+
+
+@pytest.mark.parametrize("split", [None, 1, 2, 3, 7])
+def test_get_reader_parses_replies_whatever_the_chunks(split):
+    from repoze_who_memcached.backends import fetch_values
+
+    chunks = [REPLY] if split is None else [REPLY[i:i + split]
+                                            for i in range(0, len(REPLY), split)]
+    sock = ScriptedSocket(*chunks)
+    assert fetch_values(sock, ["k1", "k2", "k3", "k4"]) == {
+        "k1": b"END\r\n", "k2": b"", "k3": b"abc"}
+    assert sock.sent == b"get k1 k2 k3 k4\r\n"
+
+
+@pytest.mark.parametrize(("reply", "error"), [
+    (b"", ConnectionResetError),  # closed before answering
+    (b"VALUE k1 0 5\r\nEN", ConnectionResetError),  # closed mid-value
+    (b"VALUE k1 0 2\r\nabcd\r\nEND\r\n", "longer than announced"),
+    (b"END\r\nVALUE k1 0 1\r\na\r\n", "data after END"),
+    (b"SERVER_ERROR out of memory\r\n", "SERVER_ERROR"),
+    (b"ERROR\r\n", "ERROR"),
+    (b"VALUE k1 0 x\r\n", "VALUE k1 0 x"),
+    (b"HTTP/1.1 400 Bad Request\r\n", "HTTP"),
+    (b"VALUE other 0 1\r\na\r\nEND\r\n", "not asked for"),
+])
+def test_get_reader_refuses_what_a_get_never_answers(reply, error):
+    from repoze_who_memcached.backends import ProtocolError, fetch_values
+
+    if isinstance(error, str):
+        with pytest.raises(ProtocolError, match=error):
+            fetch_values(ScriptedSocket(reply), ["k1"])
+        assert issubclass(ProtocolError, OSError)  # the server's fault: it is skipped
+    else:
+        with pytest.raises(error):
+            fetch_values(ScriptedSocket(reply), ["k1"])
+
+
+def test_get_reader_client_error_is_not_the_servers_fault():
+    from repoze_who_memcached.backends import fetch_values
+
+    with pytest.raises(ValueError, match="CLIENT_ERROR bad command line format"):
+        fetch_values(ScriptedSocket(b"CLIENT_ERROR bad command line format\r\n"), ["k1"])
+
+
+def test_pymemcache_backend_reads_real_replies_and_recovers_after_garbage(memcached):
+    """Against a real memcached: values of every size, and a reply out of step (a value
+    announced longer than it is) drops the connection, so the next get is right again."""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x", memcached_urls=memcached.url,
+                         memcached_client="pymemcache", dead_retry="0")
+    backend = plugin.backend
+    sizes = {f"size-{n}": bytes(range(256)) * (n // 256) + b"\r\nEND\r\n"[: n % 256]
+             for n in (0, 1, 5, 255, 4096, 70_000, 500_000)}
+    for key, value in sizes.items():
+        assert backend.set(key, value, 60, "route")
+    assert backend.get_multi([*sizes, "absent"], "route") == sizes
+    # Out of step: a reply nobody read is waiting on the connection.
+    (client,) = backend._clients
+    client.sock.sendall(b"get size-1\r\n")
+    assert backend.get_multi(["size-5"], "route") == {}  # refused, connection dropped
+    assert plugin.counters.snapshot()["cache_errors"] == 1
+    assert backend.get_multi(["size-5"], "route") == {"size-5": sizes["size-5"]}
+    backend.close()
