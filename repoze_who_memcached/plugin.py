@@ -157,6 +157,7 @@ class CachingPlugin:
         self._near_epoch: bytes | None = None  # the epoch token as last read
         self._near_check_lock = threading.Lock()
         self._local_hits = self.counters.counter("local_hits")  # counted without a call
+        self._debug_logging = logger.isEnabledFor(logging.DEBUG)
         self._flights: dict[str, _Flight] = {}
         self._lock_token = _new_token()  # marks the memcached locks this plugin takes
         self._flights_lock = threading.Lock()
@@ -508,7 +509,8 @@ class CachingPlugin:
     def _restore_near(self, environ: dict, identity: dict, method: str, answer: Answer) -> Any:
         userid, values, positive = answer
         next(self._local_hits)
-        self._record(environ, method, "local_hit" if positive else "local_negative_hit")
+        self._record(environ, method, "local_hit" if positive else "local_negative_hit",
+                     self._debug_logging)
         if values:
             identity.update(values)
         return userid
@@ -536,6 +538,7 @@ class CachingPlugin:
     def _check_invalidation_epoch(self) -> None:
         """Flush the near cache if an invalidation happened since the last read."""
         self.counters.log_if_due()  # local hits skip the schedule check; it is made here
+        self._debug_logging = logger.isEnabledFor(logging.DEBUG)  # and this one (_record)
         started = time.monotonic()
         key = self._epoch_key
         epoch = self.backend.get_multi([key], key).get(key)
@@ -647,14 +650,23 @@ class CachingPlugin:
                                f"({', '.join(failed)}); nothing was invalidated")
         return failed
 
-    def _record(self, environ: dict, method: str, outcome: str) -> None:
-        """Tell the app (and the DEBUG log) what the cache did; never what the identity is."""
+    def _record(self, environ: dict, method: str, outcome: str, debug: bool | None = None
+                ) -> None:
+        """Tell the app (and the DEBUG log) what the cache did; never what the identity is.
+
+        ``debug``: whether DEBUG is on, as last seen (the near cache's hits pass it: asking
+        the logger costs them more than all their other bookkeeping). Every other call asks,
+        and so does every invalidation-epoch check, so a change of log level reaches near-
+        cache hits within ``local_check_interval``.
+        """
         by_plugin = environ.get(ENVIRON_KEY)
         if by_plugin is None:  # the usual case, in one go (setdefault builds throwaway dicts)
             environ[ENVIRON_KEY] = {self.name: {method: outcome}}
         else:
             by_plugin.setdefault(self.name, {})[method] = outcome
-        if logger.isEnabledFor(logging.DEBUG):
+        if debug is None:
+            debug = self._debug_logging = logger.isEnabledFor(logging.DEBUG)
+        if debug:
             logger.debug("cache %s: %s %s %s", self.name, method, outcome,
                          environ.get("PATH_INFO", ""))
 

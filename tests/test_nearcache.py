@@ -968,3 +968,14 @@ def test_a_full_near_cache_drops_its_oldest_tenth():
         assert all(near.get(k) is not None for k in keys[-90:])
     held = [k for k in keys if near.get(k) is not None]
     assert held == keys[-len(held):] and len(held) >= 90
+
+
+def test_debug_log_of_near_hits_follows_the_log_level(memcached, caplog):
+    plugin = near_plugin(memcached, CountingAuthenticator(), local_check_interval=str(INTERVAL))
+    auth(plugin)
+    auth(plugin)  # a local hit while DEBUG is off: nothing logged
+    with caplog.at_level(logging.DEBUG, "repoze_who_memcached"):
+        wait_out(INTERVAL)  # the next epoch check sees the new level
+        assert auth(plugin) == ("user:alice", "local_hit")
+    assert "authenticate local_hit" in caplog.text
+    assert "wonderland" not in caplog.text
