@@ -710,6 +710,7 @@ def check_near_cache_off_during_fault(run: Run, watch: NearCacheWatch) -> None:
 MEMCACHED_FAULT_CASES = [
     pytest.param("python-memcached", False, id="python-memcached"),
     pytest.param("pymemcache", False, id="pymemcache"),
+    pytest.param("python-memcached", True, id="python-memcached-near-cache"),
     pytest.param("pymemcache", True, id="pymemcache-near-cache"),
 ]
 
