@@ -40,11 +40,18 @@ def _flip(raw: bytes, rng: random.Random) -> bytes:
     return raw[:i] + bytes([raw[i] ^ (1 << rng.randrange(8))]) + raw[i + 1 :]
 
 
+NEAR_CACHE = {"local_ttl": "60", "local_check_interval": "0.01"}
+
+
+@pytest.mark.parametrize("near", [False, True], ids=["", "near-cache"])
 @pytest.mark.parametrize("client", ["python-memcached", "pymemcache"])
-def test_attacker_rewriting_every_value(memcached, client):
+def test_attacker_rewriting_every_value(memcached, client, near):
+    """With the near cache on, the invalidation epoch is one more value to rewrite; what the
+    process holds in memory must not let a rewritten memcached log anyone in wrongly."""
     rng = random.Random(1234)
     backend = CountingAuthenticator(users=USERS)
-    plugin = plugin_for(memcached, backend, negative_ttl="60", memcached_client=client)
+    plugin = plugin_for(memcached, backend, negative_ttl="60", memcached_client=client,
+                        **(NEAR_CACHE if near else {}))
     attempts = [(u, p) for u, p in USERS.items()] + [(u, "wrong") for u in USERS]
     attempts += [("alice", USERS["bob"]), ("mallory", USERS["alice"])]
     for _ in range(3):
@@ -92,6 +99,36 @@ def test_fuzzed_identities(memcached, login_, password, extra, drop):
             and USERS.get(login_) == password:
         want = f"user:{login_}"
     for _ in range(2):  # the miss, then the hit (or negative hit)
+        assert plugin.authenticate({}, dict(identity)) == want
+
+
+_near_plugins: dict[str, object] = {}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    login_=st.one_of(st.sampled_from(list(USERS)), st.text(), st.binary(), st.none()),
+    password=st.one_of(st.sampled_from(list(USERS.values())), st.text(), st.binary(), st.none()),
+    extra=st.dictionaries(st.text(max_size=20), identity_values, max_size=4),
+    drop=st.sampled_from(["", "login", "password"]),
+)
+def test_fuzzed_identities_through_the_near_cache(memcached, login_, password, extra, drop):
+    """One plugin for every example, so each identity meets what all the earlier ones left
+    in the near cache: a key shared by two different identities would answer wrongly."""
+    plugin = _near_plugins.get(memcached.url)
+    if plugin is None:
+        plugin = _near_plugins[memcached.url] = plugin_for(
+            memcached, CountingAuthenticator(users=USERS), negative_ttl="5", key_prefix="nz",
+            local_ttl="60", local_check_interval="60")
+    identity = {**extra, "login": login_, "password": password}
+    if drop:
+        del identity[drop]
+    want = None
+    if drop == "" and isinstance(login_, str) and password is not None \
+            and USERS.get(login_) == password:
+        want = f"user:{login_}"
+    for _ in range(3):  # the miss (or a hit), then answers from memory where they can be
         assert plugin.authenticate({}, dict(identity)) == want
 
 
