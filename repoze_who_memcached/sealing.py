@@ -49,15 +49,17 @@ class Sealer:
             raise Unsealable(f"not bytes but {type(sealed).__name__}")
         if len(sealed) < _MIN_SEALED or sealed[:1] != FORMAT_VERSION:
             raise Unsealable("bad format")
-        nonce = bytes(sealed[1 : 1 + NONCE_BYTES])
+        nonce = sealed[1 : 1 + NONCE_BYTES]
         try:
-            plaintext = self._aead.decrypt(nonce, bytes(sealed[1 + NONCE_BYTES :]), key.encode())
+            plaintext = self._aead.decrypt(nonce, sealed[1 + NONCE_BYTES :], key.encode())
         except InvalidTag:
             raise Unsealable("authentication failed") from None
         # Only records holding bytes or tuples need the (slower, per-object) hook.
         decoder = _TAGGED_DECODER if b"\\u0000" in plaintext else _PLAIN_DECODER
-        record = decoder.decode(plaintext.decode("utf-8"))
-        if not isinstance(record, dict):
+        text = plaintext.decode("utf-8")
+        # raw_decode: what we sealed has no surrounding whitespace for decode() to look for.
+        record, end = decoder.raw_decode(text)
+        if end != len(text) or not isinstance(record, dict):
             raise Unsealable("bad record")
         return record
 
