@@ -128,15 +128,15 @@ class KeyMaker:
         out: list[bytes] = [head]
         append = out.append
         for name, value in items:
-            # Inline the str case (names always, values nearly always): same bytes as
-            # encode_value, a fraction of the calls.
-            for part in (name, value):
-                if type(part) is str:
-                    data = part.encode("utf-8", "surrogatepass")
-                    append(b"s%d:" % len(data))
-                    append(data)
-                else:
-                    encode_value(part, out)
+            # Inline the usual case, a str name and a str value: the same bytes as
+            # encode_value, in one formatting step instead of six calls.
+            if type(name) is str and type(value) is str:
+                n = name.encode("utf-8", "surrogatepass")
+                v = value.encode("utf-8", "surrogatepass")
+                append(b"s%d:%bs%d:%b" % (len(n), n, len(v), v))
+            else:
+                encode_value(name, out)
+                encode_value(value, out)
         return self._key(b"".join(out))
 
     def user_generation_key(self, kind: str, name: Any) -> str:
