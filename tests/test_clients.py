@@ -276,3 +276,20 @@ def test_pymemcache_backend_reads_real_replies_and_recovers_after_garbage(memcac
     assert plugin.counters.snapshot()["cache_errors"] == 1
     assert backend.get_multi(["size-5"], "route") == {"size-5": sizes["size-5"]}
     backend.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_restarted_memcached_is_used_again_at_once(private_memcached, client):
+    """Each thread's connection to a memcached that restarted is closed: the next get
+    notices, reconnects once and goes on, instead of skipping the server for dead_retry."""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x", memcached_client=client,
+                         memcached_urls=private_memcached.url, dead_retry="30")
+    backend = plugin.backend
+    assert backend.set("before", b"1", 60, "route")
+    assert backend.get_multi(["before"], "route") == {"before": b"1"}
+    private_memcached.restart()  # same port, empty
+    assert backend.get_multi(["before"], "route") == {}  # gone with the restart, no error
+    assert backend.set("after", b"2", 60, "route")  # not skipped as dead
+    assert backend.get_multi(["after"], "route") == {"after": b"2"}
+    assert plugin.counters.snapshot()["cache_errors"] == 0
+    backend.close()
