@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import threading
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -12,6 +15,23 @@ if importlib.util.find_spec("ldap_fixtures"):  # TEMP until the LDAP fixtures la
     pytest_plugins = ["ldap_fixtures"]
 
 SECRET = "test-secret-0123456789abcdef"
+
+
+def run_at_once(count: int, work: Callable[[], Any]) -> list[Any]:
+    """``work()`` in ``count`` threads released together; their results, in finishing order."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+
+    def run() -> None:
+        barrier.wait()
+        results.append(work())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 @pytest.fixture(scope="session")

@@ -80,24 +80,33 @@ identity_values = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(
+fuzzed_identities = given(
     login_=st.one_of(st.sampled_from(list(USERS)), st.text(), st.binary(), st.none()),
     password=st.one_of(st.sampled_from(list(USERS.values())), st.text(), st.binary(), st.none()),
     extra=st.dictionaries(st.text(max_size=20), identity_values, max_size=4),
     drop=st.sampled_from(["", "login", "password"]),
 )
-def test_fuzzed_identities(memcached, login_, password, extra, drop):
-    backend = CountingAuthenticator(users=USERS)
-    plugin = plugin_for(memcached, backend, negative_ttl="5", key_prefix="fz")
+fuzz_settings = settings(
+    max_examples=150, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def identity_and_answer(login_, password, extra, drop) -> tuple[dict, str | None]:
+    """The fuzzed identity, and the only right answer for it."""
     identity = {**extra, "login": login_, "password": password}
     if drop:
         del identity[drop]
-    want = None
-    if drop == "" and isinstance(login_, str) and password is not None \
-            and USERS.get(login_) == password:
-        want = f"user:{login_}"
+    right = drop == "" and isinstance(login_, str) and password is not None \
+        and USERS.get(login_) == password
+    return identity, f"user:{login_}" if right else None
+
+
+@fuzz_settings
+@fuzzed_identities
+def test_fuzzed_identities(memcached, login_, password, extra, drop):
+    backend = CountingAuthenticator(users=USERS)
+    plugin = plugin_for(memcached, backend, negative_ttl="5", key_prefix="fz")
+    identity, want = identity_and_answer(login_, password, extra, drop)
     for _ in range(2):  # the miss, then the hit (or negative hit)
         assert plugin.authenticate({}, dict(identity)) == want
 
@@ -105,14 +114,8 @@ def test_fuzzed_identities(memcached, login_, password, extra, drop):
 _near_plugins: dict[str, object] = {}
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(
-    login_=st.one_of(st.sampled_from(list(USERS)), st.text(), st.binary(), st.none()),
-    password=st.one_of(st.sampled_from(list(USERS.values())), st.text(), st.binary(), st.none()),
-    extra=st.dictionaries(st.text(max_size=20), identity_values, max_size=4),
-    drop=st.sampled_from(["", "login", "password"]),
-)
+@fuzz_settings
+@fuzzed_identities
 def test_fuzzed_identities_through_the_near_cache(memcached, login_, password, extra, drop):
     """One plugin for every example, so each identity meets what all the earlier ones left
     in the near cache: a key shared by two different identities would answer wrongly."""
@@ -121,13 +124,7 @@ def test_fuzzed_identities_through_the_near_cache(memcached, login_, password, e
         plugin = _near_plugins[memcached.url] = plugin_for(
             memcached, CountingAuthenticator(users=USERS), negative_ttl="5", key_prefix="nz",
             local_ttl="60", local_check_interval="60")
-    identity = {**extra, "login": login_, "password": password}
-    if drop:
-        del identity[drop]
-    want = None
-    if drop == "" and isinstance(login_, str) and password is not None \
-            and USERS.get(login_) == password:
-        want = f"user:{login_}"
+    identity, want = identity_and_answer(login_, password, extra, drop)
     for _ in range(3):  # the miss (or a hit), then answers from memory where they can be
         assert plugin.authenticate({}, dict(identity)) == want
 

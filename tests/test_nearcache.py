@@ -19,7 +19,7 @@ import time
 
 import pytest
 from backends_for_tests import CountingAuthenticator, CountingMetadata
-from conftest import SECRET
+from conftest import SECRET, run_at_once
 from test_operations import TESTS, cli, write_app_ini
 from test_plugin import login, plugin_for
 
@@ -542,18 +542,7 @@ class SlowMetadata(CountingMetadata):
 def test_coalesced_requests_share_mutable_values(memcached):
     md = SlowMetadata()
     plugin = metadata_plugin(memcached, md)
-    barrier = threading.Barrier(5)
-    identities: list = []
-
-    def work():
-        barrier.wait()
-        identities.append(meta(plugin)[0])
-
-    threads = [threading.Thread(target=work) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    identities = run_at_once(5, lambda: meta(plugin)[0])
     assert md.calls == 1 and plugin.counters.snapshot()["coalesced"] >= 1
     assert all(i["groups"] == ["staff", "group-of-user:alice"] for i in identities)
     identities[0]["groups"].append("admin")  # one request changes what it got

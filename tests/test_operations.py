@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from backends_for_tests import CountingAuthenticator, CountingMetadata
-from conftest import SECRET
+from conftest import SECRET, run_at_once
 from test_plugin import _entry_keys, login, plugin_for
 
 from repoze_who_memcached import BackendUnavailable
@@ -146,21 +146,9 @@ def test_backend_error_is_never_cached_as_denial(memcached):
 def test_fifty_threads_missing_at_once_make_one_backend_call(memcached):
     backend = CountingAuthenticator(delay=0.3)
     plugin = plugin_for(memcached, backend)
-    barrier = threading.Barrier(50)
-    results: list = []
-    identities: list = []
-
-    def work():
-        barrier.wait()
-        userid, identity, _ = login(plugin)
-        results.append(userid)
-        identities.append(identity)
-
-    threads = [threading.Thread(target=work) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = run_at_once(50, lambda: login(plugin)[:2])
+    results = [userid for userid, _ in answers]
+    identities = [identity for _, identity in answers]
     assert backend.calls == 1
     assert results == ["user:alice"] * 50
     assert all(i["email"] == "alice@example.org" for i in identities)
@@ -515,18 +503,7 @@ def test_many_threads_no_cache_errors(memcached, client):
     lost add race (a held lock) is not an error either."""
     backend = CountingAuthenticator(delay=0.2)
     plugin = plugin_for(memcached, backend, memcached_client=client, lock_timeout="5")
-    barrier = threading.Barrier(64)
-    results: list = []
-
-    def work():
-        barrier.wait()
-        results.append(login(plugin)[0])
-
-    threads = [threading.Thread(target=work) for _ in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_at_once(64, lambda: login(plugin)[0])
     assert results == ["user:alice"] * 64
     assert backend.calls == 1
     assert plugin.counters.snapshot()["cache_errors"] == 0
