@@ -8,8 +8,10 @@ What it gives up, and how little: an invalidation (``invalidate_user``, ``invali
 also replaces an *invalidation epoch* token on every memcached server. Each process reads
 that token at most every ``local_check_interval`` seconds, before serving from memory, and
 drops everything it holds when the token changed, is missing or can't be read. So an
-invalidation reaches every process within ``local_check_interval`` (not at once), and a
-process that cannot reach memcached serves nothing from memory.
+invalidation reaches every process within ``local_check_interval`` (not at once; the
+process that invalidates drops its own at once), and a process that cannot read the token
+drops its memory at every check: what it serves was read from memcached, generation tokens
+checked, less than one interval before.
 
 Keys never hold credentials: they are keyed BLAKE2b digests under a random per-process key
 (the memcached keys need a shared secret; these don't, and are cheaper) of the items'
@@ -36,6 +38,7 @@ _IMMUTABLE_TYPES = (str, bytes, int, float, bool, type(None))
 # Version 2: the newest without back-references and interning marks, so equal items encode
 # alike whatever objects hold them (version 4 makes them depend on reference counts).
 _MARSHAL_VERSION = 2
+
 
 def is_mutable(values: dict[str, Any]) -> bool:
     """True if any value could be changed in place (a list, a dict...)."""
