@@ -95,6 +95,8 @@ LDAP_DN_KEY = "ldap.dn"
 DEFAULT_GROUPS_ITEM = "groups"
 #: How long a server that failed to connect is tried only after the others.
 SERVER_RETRY_SECONDS = 30.0
+#: After the directory failed, seconds during which it is not asked (calls fail at once).
+DEFAULT_RETRY_AFTER = 2.0
 #: Longer logins are refused without asking the directory (no real login is that long).
 MAX_LOGIN_LENGTH = 1024
 
@@ -199,6 +201,7 @@ class _Settings:
     tls: Tls | None
     connect_timeout: int
     timeout: int
+    retry_after: float
     userid_attribute: str | None
     pool_size: int
     login_item: str
@@ -276,6 +279,7 @@ def _parse_common(opts: Options) -> _Settings:
                         "anyone on the network path can read passwords")
     connect_timeout = opts.int("connect_timeout", 3, minimum=1, maximum=600)
     timeout = opts.int("timeout", 5, minimum=1, maximum=600)
+    retry_after = opts.float("retry_after", DEFAULT_RETRY_AFTER, minimum=0, maximum=3600)
     userid_attribute = opts.str("userid_attribute") or None
     if userid_attribute is not None:
         _attribute_name(opts, "userid_attribute", userid_attribute)
@@ -293,6 +297,7 @@ def _parse_common(opts: Options) -> _Settings:
         tls=tls,
         connect_timeout=connect_timeout,
         timeout=timeout,
+        retry_after=retry_after,
         userid_attribute=userid_attribute,
         pool_size=pool_size,
         login_item=login_item,
@@ -358,6 +363,7 @@ class LdapCounters:
         "service_binds",  # service connections opened and bound (the pool's misses)
         "user_binds",  # binds as a user, each on its own short-lived connection
         "stale_connections",  # pooled connections found dead (server restarted) and replaced
+        "fast_failures",  # calls refused at once while the directory was failing (retry_after)
     )
 
     def __init__(self) -> None:
@@ -437,6 +443,72 @@ class _Entry:
         return values
 
 
+class _Breaker:
+    """Fail fast while the directory fails (a circuit breaker).
+
+    A hung directory costs each call a full ``timeout``; with more callers than server
+    threads, logins that need no directory at all (cached ones) queue behind them. So after
+    a failure, calls fail at once for ``retry_after`` seconds; then one call at a time (the
+    probe) is let through: its success closes the breaker, its failure opens it again.
+    Answers (a wrong password included) are successes: the directory judged.
+    """
+
+    def __init__(self, retry_after: float, counters: LdapCounters) -> None:
+        self.retry_after = retry_after
+        self._counters = counters
+        self._lock = threading.Lock()
+        self._open_until: float | None = None  # None: closed, calls go through
+        self._failed_at = 0.0
+        self._probing = False
+
+    def admit(self) -> bool:
+        """Let a call through (True if it is the probe) or raise BackendUnavailable."""
+        if self._open_until is None or not self.retry_after:
+            return False
+        with self._lock:
+            if self._open_until is None:
+                return False
+            now = time.monotonic()
+            if now >= self._open_until and not self._probing:
+                self._probing = True
+                return True
+            ago = now - self._failed_at
+        self._counters.add("fast_failures")
+        raise BackendUnavailable(f"LDAP directory failed {ago:.1f}s ago; not asked again "
+                                 f"before {self.retry_after:g}s have passed (retry_after)")
+
+    def done(self, probe: bool, ok: bool | None) -> None:
+        """Record a call's end: ok True (answered), False (failed), None (neither)."""
+        if ok is None:
+            if probe:
+                with self._lock:
+                    self._probing = False
+            return
+        if ok and self._open_until is None and not probe:
+            return
+        with self._lock:
+            if probe:
+                self._probing = False
+            if ok:
+                self._open_until = None
+            elif self.retry_after:
+                self._failed_at = time.monotonic()
+                self._open_until = self._failed_at + self.retry_after
+
+    @contextmanager
+    def call(self) -> Iterator[None]:
+        probe = self.admit()
+        ok: bool | None = None
+        try:
+            yield
+            ok = True
+        except BackendUnavailable:
+            ok = False
+            raise
+        finally:
+            self.done(probe, ok)
+
+
 class _Directory:
     """Connections to one directory: failover, the service-connection pool, user binds.
 
@@ -451,6 +523,7 @@ class _Directory:
         self._idle: list[Connection] = []
         self._pid = os.getpid()
         self._down_until: dict[str, float] = {}
+        self.breaker = _Breaker(settings.retry_after, counters)
         # Everything about Server objects that does not change, computed once.
         self._server_args = {
             spec.url: {
@@ -581,6 +654,12 @@ class _Directory:
         comes at once (not a timeout), so one retry on a fresh connection is cheap and hides
         the restart. Timeouts are not retried: that would double the wait on a hung server.
         """
+        with self.breaker.call():
+            return self._search(base, search_filter, scope, attributes, size_limit)
+
+    def _search(
+        self, base: str, search_filter: str, scope: str, attributes: list[str], size_limit: int
+    ) -> list[_Entry]:
         s = self.settings
         for attempt in (1, 2):
             try:
@@ -628,6 +707,10 @@ class _Directory:
 
     def check_password(self, dn: str, password: str) -> bool:
         """Bind as ``dn`` on a connection of its own, then close it. True if accepted."""
+        with self.breaker.call():
+            return self._check_password(dn, password)
+
+    def _check_password(self, dn: str, password: str) -> bool:
         conn = self._connect(None)
         try:
             conn.authentication = SIMPLE

@@ -9,6 +9,7 @@ import time
 
 import ldap3
 import pytest
+from conftest import run_at_once
 from ldap_fixtures import ldap_options
 from repoze.who.interfaces import IAuthenticator, IMetadataProvider
 from zope.interface.verify import verifyObject
@@ -294,7 +295,7 @@ def test_all_servers_down(ldap_config):
 
 
 def test_stopped_server_then_recovery_on_the_same_port(private_slapd, caplog):
-    plugin = make_authenticator(**ldap_options(private_slapd))
+    plugin = make_authenticator(**ldap_options(private_slapd, retry_after="0.3"))
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
     private_slapd.stop()
     with caplog.at_level(logging.DEBUG):
@@ -304,8 +305,10 @@ def test_stopped_server_then_recovery_on_the_same_port(private_slapd, caplog):
             assert "wonderland" not in str(info.value)
             assert private_slapd.reader_password not in str(info.value)
     assert "wonderland" not in caplog.text and private_slapd.reader_password not in caplog.text
-    assert plugin.counters()["backend_errors"] == 2
+    counts = plugin.counters()
+    assert counts["backend_errors"] == 2 and counts["fast_failures"] == 1
     private_slapd.start()  # same port, same data
+    time.sleep(0.35)  # retry_after: until then the directory is not asked
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
     assert plugin.authenticate({}, identity("alice", "nope")) is None
 
@@ -322,8 +325,10 @@ def test_restart_between_requests_is_hidden(private_slapd):
 
 
 def test_hung_server_is_bounded_by_timeout(private_slapd):
-    plugin = make_authenticator(**ldap_options(private_slapd, timeout="1", connect_timeout="1"))
-    cold = make_authenticator(**ldap_options(private_slapd, timeout="1", pool_size="0"))
+    plugin = make_authenticator(**ldap_options(private_slapd, timeout="1", connect_timeout="1",
+                                               retry_after="0"))
+    cold = make_authenticator(**ldap_options(private_slapd, timeout="1", pool_size="0",
+                                             retry_after="0"))
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN  # pool warm
     private_slapd.pause()
     try:
@@ -336,6 +341,65 @@ def test_hung_server_is_bounded_by_timeout(private_slapd):
         private_slapd.resume()
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
     assert cold.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
+
+
+def test_a_failing_directory_is_not_asked_again_before_retry_after(private_slapd):
+    """The circuit breaker: one call waits out the hung directory; the calls after it fail
+    at once, without a single packet to the directory, until retry_after has passed; then
+    one call at a time probes, and a success lets everyone through again."""
+    plugin = make_authenticator(**ldap_options(private_slapd, timeout="1", connect_timeout="1",
+                                               retry_after="0.5"))
+    assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
+    private_slapd.pause()
+    try:
+        with pytest.raises(BackendUnavailable, match="timed out"):
+            plugin.authenticate({}, identity("alice", "wonderland"))
+        asked = plugin.counters()
+        for _ in range(20):
+            with pytest.raises(BackendUnavailable, match="retry_after"):
+                plugin.authenticate({}, identity("bob", "builder"))
+        counts = plugin.counters()
+        assert counts["fast_failures"] == 20
+        for wire in ("searches", "service_binds", "user_binds"):
+            assert counts[wire] == asked[wire], wire  # nothing was sent
+        time.sleep(0.55)
+        # One probe at a time: ten threads at once, one goes to the (still hung) directory.
+        errors = run_at_once(10, lambda: _error_of(plugin, identity("bob", "builder")))
+        assert sorted(errors).count("retry_after") == 9
+        probed = plugin.counters()
+        wire = ("searches", "service_binds", "user_binds")
+        assert sum(probed[w] for w in wire) == sum(counts[w] for w in wire) + 1
+    finally:
+        private_slapd.resume()
+    time.sleep(0.55)
+    assert plugin.authenticate({}, identity("bob", "builder")) == BOB_DN  # the probe
+    assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN  # closed
+
+
+def _error_of(plugin, ident) -> str:
+    try:
+        plugin.authenticate({}, ident)
+    except BackendUnavailable as exc:
+        return "retry_after" if "retry_after" in str(exc) else "waited"
+    return "answered"
+
+
+def test_wrong_passwords_and_unknown_users_never_open_the_breaker(ldap_config):
+    plugin = make_authenticator(**{**ldap_config, "retry_after": "60"})
+    for _ in range(3):
+        assert plugin.authenticate({}, identity("alice", "wrong")) is None
+        assert plugin.authenticate({}, identity("nobody-here", "x")) is None
+    assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
+    assert plugin.counters()["fast_failures"] == 0
+
+
+def test_retry_after_zero_asks_the_directory_every_time(private_slapd):
+    plugin = make_authenticator(**ldap_options(private_slapd, retry_after="0"))
+    private_slapd.stop()
+    for _ in range(3):
+        with pytest.raises(BackendUnavailable, match="unavailable"):
+            plugin.authenticate({}, identity("alice", "wonderland"))
+    assert plugin.counters()["fast_failures"] == 0
 
 
 # -- TLS ----------------------------------------------------------------------------------
@@ -422,6 +486,8 @@ def test_start_tls_false_means_false(slapd, word):
         ("connect_timeout", "1.5"),
         ("timeout", "soon"),
         ("timeout", "0"),
+        ("retry_after", "-1"),
+        ("retry_after", "later"),
         ("pool_size", "-1"),
         ("url", "http://127.0.0.1:389"),
         ("url", "ldap://127.0.0.1:notaport"),
