@@ -17,6 +17,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from .testing import MemcachedServer, SlapdServer
@@ -57,8 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     ensure_secret(var / "secret")
     memcached = MemcachedServer(port=args.memcached_port, workdir=var / "memcached")
     slapd = SlapdServer(port=args.slapd_port, workdir=var / "slapd")
-    # Whatever happens from here on (a failed start, Ctrl-C at any moment), both servers are
-    # stopped by their own pids before we exit.
+    # Ctrl-C and SIGTERM set a flag instead of raising KeyboardInterrupt wherever the main
+    # thread happens to be: an exception inside Popen could leave its child running, with
+    # nobody left to stop it.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         try:
             memcached.prepare()
@@ -71,22 +76,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"devstack: memcached on {memcached.url}, slapd on {slapd.url} (state in {var})",
               flush=True)
         if not command:
-            signal.pause()
+            stop.wait()
             return 0
+        if stop.is_set():
+            return 130
         child = subprocess.Popen(command, env=child_environment())
-        try:
-            return child.wait()
-        except KeyboardInterrupt:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                return child.wait(10)
-            child.terminate()
-            return child.wait()
-    except KeyboardInterrupt:
-        return 130
+        while child.poll() is None:
+            if stop.wait(0.2):
+                # In a terminal the child got the same Ctrl-C; from `kill -INT` it did not:
+                # pass it on if the child is still there after a second.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return child.wait(1)
+                child.send_signal(signal.SIGINT)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return child.wait(10)
+                child.terminate()
+                return child.wait()
+        return child.returncode
     finally:
         slapd.stop()
         memcached.stop()
         print("devstack: memcached and slapd stopped", flush=True)
+
 
 if __name__ == "__main__":
     sys.exit(main())
