@@ -317,6 +317,14 @@ class MemcachedServer(_ServerProcess):
 
 SLAPD_PROGRAM = "/usr/sbin/slapd"
 SLAPADD_PROGRAM = "/usr/sbin/slapadd"
+SLAPINDEX_PROGRAM = "/usr/sbin/slapindex"
+
+
+def _indexing(config: str | None) -> list[str] | None:
+    """What of a slapd.conf decides the indexes' content (not the per-run root password)."""
+    if config is None:
+        return None
+    return [line for line in config.splitlines() if not line.startswith("rootpw")]
 SAMPLE_SUFFIX = "dc=example,dc=org"
 SAMPLE_LDIF = Path(__file__).parent / "data" / "sample_users.ldif"
 # The service account in the sample data (read access to everything but password hashes).
@@ -400,16 +408,32 @@ class SlapdServer(_ServerProcess):
         return self.workdir / "db"
 
     def prepare(self) -> None:
-        """Write ``slapd.conf`` (every time: cheap) and load the data (the first time only)."""
+        """Write ``slapd.conf`` (every time: cheap) and load the data (the first time only).
+
+        Data kept from an earlier run under a different ``slapd.conf`` (say, from before an
+        index was added) is re-indexed: slapd answers equality searches from its indexes
+        only, so an index it never built finds nothing.
+        """
         for program in (self.program, SLAPADD_PROGRAM):
             if not os.path.exists(program):
                 raise RuntimeError(f"{program} not found: apt-get install slapd ldap-utils")
         if self.tls and self.cert_file is None:
             self.cert_file, self.key_file = make_self_signed_certificate(self.workdir / "tls")
         self.db_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(self._config_text(), encoding="utf-8")
+        config = self._config_text()
+        previous = (self.config_file.read_text(encoding="utf-8")
+                    if self.config_file.exists() else None)
+        self.config_file.write_text(config, encoding="utf-8")
         self.config_file.chmod(0o600)  # it holds the root password
-        if not (self.db_dir / "data.mdb").exists():
+        have_data = (self.db_dir / "data.mdb").exists()
+        if have_data and _indexing(previous) != _indexing(config) and not self.running:
+            result = subprocess.run(
+                [SLAPINDEX_PROGRAM, "-q", "-f", str(self.config_file)],
+                capture_output=True, text=True, check=False,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(f"slapindex failed ({result.returncode}): {result.stderr}")
+        if not have_data:
             result = subprocess.run(
                 [SLAPADD_PROGRAM, "-q", "-f", str(self.config_file), "-l", str(self.ldif)],
                 capture_output=True,

@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 
 from repoze_who_memcached.errors import BackendUnavailable, ConfigError
 from repoze_who_memcached.ldap import LDAP_DN_KEY, make_authenticator, make_metadata_provider
-from repoze_who_memcached.testing import SAMPLE_USERS, free_port
+from repoze_who_memcached.testing import SAMPLE_USERS, SlapdServer, free_port
 
 ALICE_DN = "uid=alice,ou=people,dc=example,dc=org"
 BOB_DN = "uid=bob,ou=people,dc=example,dc=org"
@@ -666,3 +666,18 @@ def test_metadata_backend_down(private_slapd):
     with pytest.raises(BackendUnavailable):
         plugin.add_metadata({}, {"repoze.who.userid": "alice"})
     assert plugin.counters()["backend_errors"] == 1
+
+
+def test_kept_data_is_reindexed_when_the_config_changes(tmp_path):
+    """A workdir kept from a run whose slapd.conf had no equality indexes (as before they
+    were added): searches by uid must still find the entry once the server runs again."""
+    workdir = tmp_path / "slapd"
+    server = SlapdServer(port=free_port(), workdir=workdir)
+    original = server._config_text
+    server._config_text = lambda: "\n".join(
+        line for line in original().splitlines() if not line.startswith("index"))
+    server.prepare()  # loads the data without the indexes
+    server._config_text = original
+    with server:
+        plugin = make_authenticator(**ldap_options(server))
+        assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
