@@ -733,37 +733,28 @@ MEMCACHED_FAULT_CASES = [
 ]
 
 
+# How a memcached fails (inject, lift), and what the fault is called in messages.
+MEMCACHED_FAULTS = {
+    "killed-then-restarted": (kill, MemcachedServer.start, "memcached was down"),
+    "hung-then-resumed": (MemcachedServer.pause, MemcachedServer.resume, "memcached hung"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MEMCACHED_FAULTS))
 @pytest.mark.parametrize(("client", "near"), MEMCACHED_FAULT_CASES)
-def test_memcached_killed_then_restarted(tmp_path, slapd, memcached_server, client, near):
+def test_memcached_fault(tmp_path, slapd, memcached_server, client, near, fault):
+    """memcached killed (SIGKILL) then restarted empty, or hung (SIGSTOP) then resumed."""
+    inject, lift, what = MEMCACHED_FAULTS[fault]
     with served(tmp_path, slapd, [memcached_server], client,
                 NEAR_CACHE if near else None) as stack:
         watch = NearCacheWatch(stack)
-        run = run_scenario(stack, watch.inject(lambda: kill(memcached_server)),
-                           memcached_server.start, before_fault=watch.before_fault)
+        run = run_scenario(stack, watch.inject(lambda: inject(memcached_server)),
+                           lambda: lift(memcached_server), before_fault=watch.before_fault)
     check_memcached_fault(run)
     during = run.select(lambda r: r.cred.good and run.timeline.within_fault(r))
-    assert len(during) >= 10, run.describe("too few logins while memcached was down", during)
+    assert len(during) >= 10, run.describe(f"too few logins while {what}", during)
     served_from_cache = [r for r in during if r.auth == "hit"]
-    assert not served_from_cache, run.describe("cache hits from a dead memcached?",
-                                               served_from_cache)
-    if near:
-        check_near_cache_off_during_fault(run, watch)
-    check_cache_recovered(run, MEMCACHED_GRACE, near=near)
-
-
-@pytest.mark.parametrize(("client", "near"), MEMCACHED_FAULT_CASES)
-def test_memcached_hung_then_resumed(tmp_path, slapd, memcached_server, client, near):
-    with served(tmp_path, slapd, [memcached_server], client,
-                NEAR_CACHE if near else None) as stack:
-        watch = NearCacheWatch(stack)
-        run = run_scenario(stack, watch.inject(memcached_server.pause), memcached_server.resume,
-                           before_fault=watch.before_fault)
-    check_memcached_fault(run)
-    during = run.select(lambda r: r.cred.good and run.timeline.within_fault(r))
-    assert len(during) >= 10, run.describe("too few logins while memcached hung", during)
-    served_from_cache = [r for r in during if r.auth == "hit"]
-    assert not served_from_cache, run.describe("cache hits from a stopped memcached?",
-                                               served_from_cache)
+    assert not served_from_cache, run.describe(f"cache hits while {what}?", served_from_cache)
     if near:
         check_near_cache_off_during_fault(run, watch)
     check_cache_recovered(run, MEMCACHED_GRACE, near=near)
