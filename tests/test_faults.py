@@ -1064,9 +1064,10 @@ def test_slapd_hung_uncached_logins_do_not_starve_cached_ones(tmp_path, slapd_se
     sent = [r for r in cached if after_wave <= r.sent < timeline.lift_begin]
     answered = [r for r in sent if r.done <= timeline.lift_begin]
     slow = [r for r in sent if r.latency > LATENCY_BOUND]
-    # (Each takes tens of ms, not one: the 16 clients' quick 401s keep both cores busy;
-    # without the breaker it was 0 to 6 answers in a hang of 3 to 4 s.)
-    assert sent and not slow and len(answered) >= 20, run.describe(
+    # (Each takes tens of ms, not one: the 16 clients' quick 401s keep both cores busy, so
+    # the count varies with the machine: 18 to 42 seen. Without the breaker: 0 to 6 answers
+    # in a whole hang of 3 to 4 s, each waiting seconds.)
+    assert sent and not slow and len(answered) >= 10, run.describe(
         f"CACHED LOGINS STARVED while {STARVING_CLIENTS} uncached logins met the hung LDAP "
         f"({WAITRESS_THREADS} waitress threads): {len(answered)} answered in the "
         f"{timeline.lift_begin - after_wave:.1f}s after the first wave, {len(slow)} slower "
