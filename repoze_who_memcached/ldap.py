@@ -771,11 +771,19 @@ class _LdapPlugin:
         base = self.settings.base_dn_key
         return len(key) >= len(base) and key[len(key) - len(base) :] == base
 
+    def _counted_call(self, work: Callable[[dict[str, Any]], Any], identity: dict[str, Any]
+                      ) -> Any:
+        """``work(identity)``, counted as a request (and as a backend error if it raises
+        BackendUnavailable)."""
+        self.counters.add("requests")
+        try:
+            return work(identity)
+        except BackendUnavailable:
+            self.counters.add("backend_errors")
+            raise
+
     def _counted(self, ok: bool) -> None:
         self.counters.add("successes" if ok else "failures")
-
-    def _backend_error(self) -> None:
-        self.counters.add("backend_errors")
 
 
 @implementer(IAuthenticator)
@@ -795,12 +803,7 @@ class LdapAuthenticator(_LdapPlugin):
 
         Raises BackendUnavailable if the directory cannot be asked.
         """
-        self.counters.add("requests")
-        try:
-            userid = self._authenticate(identity)
-        except BackendUnavailable:
-            self._backend_error()
-            raise
+        userid = self._counted_call(self._authenticate, identity)
         self._counted(userid is not None)
         return userid
 
@@ -899,13 +902,7 @@ class LdapMetadataProvider(_LdapPlugin):
 
         Raises BackendUnavailable if the directory cannot be asked.
         """
-        self.counters.add("requests")
-        try:
-            found = self._add_metadata(identity)
-        except BackendUnavailable:
-            self._backend_error()
-            raise
-        self._counted(found)
+        self._counted(self._counted_call(self._add_metadata, identity))
 
     def _add_metadata(self, identity: dict[str, Any]) -> bool:
         userid = identity.get("repoze.who.userid")
