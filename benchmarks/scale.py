@@ -91,6 +91,9 @@ class DictBackend:
     def delete(self, key: str, *args: Any, **kwargs: Any) -> bool:
         return self.items.pop(key, None) is not None
 
+    def touch(self, key: str, *args: Any, **kwargs: Any) -> bool:
+        return key in self.items
+
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         self.items[key] = value
         return []

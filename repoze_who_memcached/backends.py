@@ -83,13 +83,13 @@ class ServerAddress:
         else:
             host, _, port_text = spec.partition(":")
         if not host or any(c.isspace() for c in host):
-            raise ConfigError(f"option 'memcached_urls': bad server {raw!r} (want host:port)")
+            raise ConfigError(f"bad server {raw!r} (want host:port)", option="memcached_urls")
         try:
             port = int(port_text) if port_text else DEFAULT_PORT
         except ValueError:
-            raise ConfigError(f"option 'memcached_urls': bad port in {raw!r}") from None
+            raise ConfigError(f"bad port in {raw!r}", option="memcached_urls") from None
         if not 0 < port < 65536:
-            raise ConfigError(f"option 'memcached_urls': port out of range in {raw!r}")
+            raise ConfigError(f"port out of range in {raw!r}", option="memcached_urls")
         return cls(host=host, port=port)
 
     def __str__(self) -> str:
@@ -150,6 +150,11 @@ class CacheBackend(ABC):
     def delete(self, key: str, route: str) -> bool: ...
 
     @abstractmethod
+    def touch(self, key: str, expire: int, route: str) -> bool:
+        """Give an existing key a new expiry, keeping its value (generation tokens live as
+        long as the entries stored under them, and no longer)."""
+
+    @abstractmethod
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         """Store ``key`` (no expiry) on every server; returns the servers that failed."""
 
@@ -171,11 +176,19 @@ class ProtocolError(OSError):
 
 
 _RECV_BYTES = 65536
+MAX_VALUE_BYTES = 1 << 20
+"""The largest value a reply may announce: memcached's default item size limit, and
+hundreds of times our largest sealed entry. A larger announcement is not memcached's."""
 _STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def fetch_values(sock: Any, keys: Sequence[str]) -> dict[str, bytes]:
+def fetch_values(sock: Any, keys: Sequence[str], timeout: float | None = None
+                 ) -> dict[str, bytes]:
     """``get k1 k2 ...`` on ``sock``; the values found, by key.
+
+    ``timeout`` bounds the whole read, not each ``recv``: a server that trickles a reply
+    a byte at a time cannot hold the caller longer than that (plus one ``recv``'s wait).
+    An announced value over :data:`MAX_VALUE_BYTES` is a :class:`ProtocolError` at once.
 
     Every cache hit is one of these, so it is parsed here in a few steps (one ``recv`` for
     a usual reply) rather than by the client library's general reader, which costs about as
@@ -186,13 +199,16 @@ def fetch_values(sock: Any, keys: Sequence[str]) -> dict[str, bytes]:
     error: a half-read reply would be read as the answer to the next command.
     """
     sock.sendall(("get " + " ".join(keys) + "\r\n").encode("ascii"))
-    buf = _recv_more(sock, b"")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = _recv_more(sock, b"", None)
     values: dict[str, bytes] = {}
     pos = 0
     while True:
         eol = buf.find(b"\r\n", pos)
         while eol < 0:
-            buf = _recv_more(sock, buf)
+            if len(buf) - pos > 2048:  # no reply line of memcached's is this long
+                raise ProtocolError("reply line too long")
+            buf = _recv_more(sock, buf, deadline)
             eol = buf.find(b"\r\n", pos)
         line = buf[pos:eol]
         if line == b"END":
@@ -204,10 +220,13 @@ def fetch_values(sock: Any, keys: Sequence[str]) -> dict[str, bytes]:
             if line.startswith(b"CLIENT_ERROR"):
                 raise ValueError(line[:100].decode("ascii", "replace"))
             raise ProtocolError(line[:100].decode("ascii", "replace"))
+        size = int(parts[3])
+        if size > MAX_VALUE_BYTES:
+            raise ProtocolError(f"a value of {size} bytes announced")
         start = eol + 2
-        end = start + int(parts[3])
+        end = start + size
         while len(buf) < end + 2:
-            buf = _recv_more(sock, buf)
+            buf = _recv_more(sock, buf, deadline)
         if buf[end : end + 2] != b"\r\n":
             raise ProtocolError("value longer than announced")
         key = parts[1].decode("ascii", "replace")
@@ -217,7 +236,12 @@ def fetch_values(sock: Any, keys: Sequence[str]) -> dict[str, bytes]:
         pos = end + 2
 
 
-def _recv_more(sock: Any, buf: bytes) -> bytes:
+def _recv_more(sock: Any, buf: bytes, deadline: float | None) -> bytes:
+    """One more ``recv``; past ``deadline`` (monotonic), a TimeoutError instead. The first
+    ``recv`` of a reply, the only one of a usual hit, is not checked: the socket's own
+    timeout bounds it."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError("memcached reply not complete within socket_timeout")
     chunk = sock.recv(_RECV_BYTES)
     if not chunk:
         raise ConnectionResetError("memcached closed the connection")
@@ -282,7 +306,7 @@ class PythonMemcachedBackend(CacheBackend):
                 server.close_socket()
                 continue
             try:
-                return fetch_values(server.socket, keys)
+                return fetch_values(server.socket, keys, self.settings.socket_timeout)
             except _STALE_CONNECTION:
                 server.close_socket()
                 if attempt == 1:
@@ -307,6 +331,10 @@ class PythonMemcachedBackend(CacheBackend):
     def delete(self, key: str, route: str) -> bool:
         target = (_route_hash(route), key)
         return bool(self._guard("delete", False, lambda: self._client.delete(target)))
+
+    def touch(self, key: str, expire: int, route: str) -> bool:
+        target, expiry = (_route_hash(route), key), memcached_expiry(expire)
+        return bool(self._guard("touch", False, lambda: self._client.touch(target, expiry)))
 
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         failed = []
@@ -520,7 +548,8 @@ class PymemcacheBackend(CacheBackend):
             return call(client)
 
     def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
-        return self._run(route, "get_multi", {}, lambda c: _fetch_with(c, keys))
+        timeout = self.settings.socket_timeout
+        return self._run(route, "get_multi", {}, lambda c: _fetch_with(c, keys, timeout))
 
     def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
         expiry = memcached_expiry(expire)
@@ -534,6 +563,11 @@ class PymemcacheBackend(CacheBackend):
 
     def delete(self, key: str, route: str) -> bool:
         return bool(self._run(route, "delete", False, lambda c: c.delete(key, noreply=False)))
+
+    def touch(self, key: str, expire: int, route: str) -> bool:
+        expiry = memcached_expiry(expire)
+        return bool(self._run(route, "touch", False,
+                              lambda c: c.touch(key, expiry, noreply=False)))
 
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         failed = []
@@ -564,14 +598,14 @@ class PymemcacheBackend(CacheBackend):
                 client.close()
 
 
-def _fetch_with(client: Any, keys: Sequence[str]) -> dict[str, bytes]:
+def _fetch_with(client: Any, keys: Sequence[str], timeout: float) -> dict[str, bytes]:
     """:func:`fetch_values` on a pymemcache client's connection (its own ``get_many`` goes
     through per-key checks and a general reader; ours needs neither: our keys are valid by
     construction). Any error closes the connection, as pymemcache itself does."""
     if client.sock is None:
         client._connect()
     try:
-        return fetch_values(client.sock, keys)
+        return fetch_values(client.sock, keys, timeout)
     except BaseException:
         client.close()
         raise

@@ -13,6 +13,8 @@ from __future__ import annotations
 import binascii
 import hashlib
 import hmac
+import re
+import unicodedata
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,7 +51,10 @@ def encode_value(value: Any, out: list[bytes]) -> None:
     elif value is True or value is False:
         out.append(b"T" if value else b"F")
     elif isinstance(value, int):
-        out.append(b"i%d;" % value)
+        try:
+            out.append(b"i%d;" % value)
+        except ValueError:  # over sys.int_max_str_digits: hex has no such limit
+            out.append(b"I%x;" % value)
     elif isinstance(value, float):
         out.append(b"f" + float.hex(value).encode() + b";")
     elif isinstance(value, (list, tuple)):
@@ -87,6 +92,68 @@ def is_encodable(value: Any) -> bool:
     return True
 
 
+# RFC 4518 (LDAP string preparation), the matching a directory applies to a login's
+# case-ignore attributes: characters mapped to nothing, characters mapped to a space.
+_MAPPED_TO_NOTHING = re.compile(
+    "[\u00ad\u034f\u1806\u180b-\u180e\u200b-\u200d\u2060\ufe00-\ufe0f\ufeff\ufffc"
+    "\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]"
+)
+_MAPPED_TO_SPACE = re.compile("[\t\n\x0b\x0c\r\x85\u2028\u2029]")
+_SPACES = re.compile(r"\s+")  # after NFKC every space separator (Zs) is U+0020
+
+
+def ldap_normal_form(text: str) -> str:
+    """The form under which a directory's case-ignore matching (RFC 4518) compares ``text``.
+
+    Map (soft hyphens, zero-width and control characters to nothing; line and tab
+    characters to a space), case-fold, NFKC (full-width forms, no-break spaces, NFD), and
+    insignificant spaces (leading and trailing dropped, inner runs as one). ``" Alice"``,
+    ``"alice\u00a0"`` and ``"\uff41lice"`` are all ``"alice"``, as slapd finds them.
+    Used for per-user generation keys: invalidating a login must drop what any spelling the
+    directory treats as the same account cached. Over-invalidation only costs a miss.
+    """
+    mapped = _MAPPED_TO_SPACE.sub(" ", _MAPPED_TO_NOTHING.sub("", text))
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", mapped).casefold())
+    return _SPACES.sub(" ", folded).strip(" ")
+
+
+_SECRET_LOOKING = re.compile(r"pass|secret|key|token|cred|salt|private", re.IGNORECASE)
+
+
+def plugin_fingerprint(plugin: Any) -> bytes:
+    """What a wrapped plugin's answers depend on, for binding cache entries to it.
+
+    A plugin may say it itself, with ``cache_fingerprint() -> str`` (our LDAP plugins do:
+    server URLs, base DNs, filters, never the bind password). Otherwise: its class, and its
+    public attributes that hold text (file names, URLs, queries), except those whose names
+    look secret. Counters and other numbers are left out: they change while a process runs,
+    and every process with the same configuration must compute the same fingerprint.
+    The result only ever goes into an HMAC under the cache's secret.
+    """
+    cls = type(plugin)
+    out: list[bytes] = [b"plugin\0"]
+    encode_value(f"{cls.__module__}.{cls.__qualname__}", out)
+    own = getattr(plugin, "cache_fingerprint", None)
+    if callable(own):
+        encode_value(str(own()), out)
+        return b"".join(out)
+    try:
+        attributes = vars(plugin)
+    except TypeError:  # __slots__ or a builtin: the class must do
+        return b"".join(out)
+    for name in sorted(n for n in attributes if isinstance(n, str)):
+        value = attributes[name]
+        if name.startswith("_") or _SECRET_LOOKING.search(name):
+            continue
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            value = tuple(value)
+        elif not isinstance(value, str):
+            continue
+        encode_value(name, out)
+        encode_value(value, out)
+    return b"".join(out)
+
+
 class KeyMaker:
     """Makes every memcached key this plugin uses, all of the same shape: prefix + digest.
 
@@ -120,11 +187,22 @@ class KeyMaker:
         digest = binascii.b2a_base64(self.mac(payload), newline=False).translate(_URLSAFE)
         return self.prefix + digest[:KEY_DIGEST_CHARS].decode("ascii")
 
-    def entry_key(self, method: str, items: Iterable[tuple[str, Any]]) -> str:
-        """Key for a cached result of ``method`` for these (name, value) items, in order."""
-        head = _ENTRY_HEADS.get(method)
+    def entry_head(self, method: str, scope: bytes = b"") -> bytes:
+        """The start of every entry key's payload for ``method`` answered by the plugin
+        ``scope`` fingerprints (:func:`plugin_fingerprint`): computed when the plugin is
+        bound, so the request path only appends the items. Two caches in front of different
+        backends never compute the same entry key, whatever secret and prefix they share."""
+        head = _ENTRY_HEADS.get(method) or b"".join(_encoded(b"entry\0", method))
+        if not scope:
+            return head
+        return head + b"".join(_encoded(b"scope\0", hashlib.sha256(scope).digest()))
+
+    def entry_key(self, method: str, items: Iterable[tuple[str, Any]],
+                  head: bytes | None = None) -> str:
+        """Key for a cached result of ``method`` for these (name, value) items, in order
+        (``head``: from :meth:`entry_head`, binding the key to the plugin that answers)."""
         if head is None:
-            head = b"".join(_encoded(b"entry\0", method))
+            head = _ENTRY_HEADS.get(method) or b"".join(_encoded(b"entry\0", method))
         out: list[bytes] = [head]
         append = out.append
         for name, value in items:
@@ -142,8 +220,9 @@ class KeyMaker:
     def user_generation_key(self, kind: str, name: Any) -> str:
         """Key of the generation token of one user (``kind`` is "login" or "userid").
 
-        Names are case-folded: LDAP logins are case-insensitive, and invalidating ``Alice``
-        must also drop what ``alice`` cached. Over-invalidation only costs a miss.
+        Names are taken in their :func:`ldap_normal_form`: a directory's logins are
+        case-insensitive (and more: RFC 4518), and invalidating ``Alice`` must also drop
+        what `` alice`` or a full-width ``alice`` cached. Over-invalidation only costs a miss.
         """
         # Only exact str names are remembered: 1 == True == 1.0 would mix other types up.
         memo_key = kind + "\0" + name if type(name) is str else None
@@ -151,7 +230,7 @@ class KeyMaker:
             key = self._user_keys.get(memo_key)
             if key is not None:
                 return key
-        folded = name.casefold() if isinstance(name, str) else name
+        folded = ldap_normal_form(name) if isinstance(name, str) else name
         out: list[bytes] = [b"usergen\0"]
         encode_value(kind, out)
         encode_value(folded, out)
@@ -175,8 +254,7 @@ class KeyMaker:
 
 def check_prefix(prefix: str) -> None:
     if len(prefix) > MAX_PREFIX_CHARS:
-        raise ConfigError(f"option 'key_prefix': at most {MAX_PREFIX_CHARS} characters")
+        raise ConfigError(f"at most {MAX_PREFIX_CHARS} characters", option="key_prefix")
     if not all(33 <= ord(c) < 127 for c in prefix):
-        raise ConfigError(
-            "option 'key_prefix': only printable ASCII without spaces (memcached keys)"
-        )
+        raise ConfigError("only printable ASCII without spaces (memcached keys)",
+                          option="key_prefix")

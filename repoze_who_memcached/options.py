@@ -27,15 +27,22 @@ PLUGIN_ENTRY_POINT_GROUP = "repoze_who_memcached.plugins"
 class Options:
     """A bag of string options that are taken one by one; leftovers are errors.
 
-    ``where`` names the config section in messages (e.g. ``[plugin:cache]``).
+    ``where`` names the config section in messages (e.g. ``[plugin:cached_ldap]``), or is
+    None when the caller cannot know it (repoze.who's own loaders do not say which section
+    they are building): the loaders that do know add it (:meth:`ConfigError.in_section`).
     """
 
-    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+    def __init__(self, raw: Mapping[str, Any], where: str | None) -> None:
         self._raw: MutableMapping[str, Any] = dict(raw)
-        self.where = where
+        self.section = where
+        self.where = where or "config"
 
     def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.where}: option {name!r}: {message}")
+        return ConfigError(message, option=name, section=self.section)
+
+    def unknown(self) -> list[str]:
+        """The options nobody has taken so far (typos, once every option was taken)."""
+        return sorted(self._raw)
 
     def has(self, name: str) -> bool:
         return name in self._raw
@@ -164,10 +171,9 @@ class Options:
         """Refuse options nobody took: a typo must not be silently ignored."""
         leftover = sorted(k for k in self._raw if k not in set(ignore))
         if leftover:
-            raise ConfigError(
-                f"{self.where}: unknown option{'s' if len(leftover) > 1 else ''} "
-                f"{', '.join(repr(k) for k in leftover)}"
-            )
+            more = leftover[1:]
+            also = f" (also unknown: {', '.join(repr(k) for k in more)})" if more else ""
+            raise self.error(leftover[0], "unknown option" + also)
 
     def _check_range(self, name, number, minimum, maximum):
         if minimum is not None and number < minimum:
@@ -202,7 +208,7 @@ def resolve_object(spec: str, option: str = "use") -> Any:
             obj = getattr(obj, part)
         return obj
     except (ImportError, AttributeError, LookupError) as exc:
-        raise ConfigError(f"option {option!r}: cannot find {spec!r}: {exc}") from None
+        raise ConfigError(f"cannot find {spec!r}: {exc}", option=option) from None
 
 
 def _same_dist(a: str, b: str) -> bool:
@@ -213,18 +219,22 @@ def _same_dist(a: str, b: str) -> bool:
 
 
 def build_plugin(spec: str, options: Mapping[str, Any], option: str) -> Any:
-    """Resolve ``spec`` and, when it is a factory, call it with ``options`` (strings)."""
+    """Resolve ``spec`` and, when it is a factory, call it with ``options`` (strings).
+
+    A factory's own errors come back under the option's name, ``base_dn`` of the
+    ``authenticator`` as ``authenticator.base_dn``; the caller adds the section.
+    """
     factory: Callable[..., Any] | Any = resolve_object(spec, option)
     if not callable(factory) or _looks_like_plugin(factory):
         if options:
-            raise ConfigError(f"option {option!r}: {spec!r} is an object, it takes no options")
+            raise ConfigError(f"{spec!r} is an object, it takes no options", option=option)
         return factory
     try:
         return factory(**options)
     except ConfigError as exc:
-        raise ConfigError(f"option {option!r} ({spec}): {exc}") from None
+        raise exc.under(option) from None
     except TypeError as exc:
-        raise ConfigError(f"option {option!r} ({spec}): {exc}") from None
+        raise ConfigError(f"({spec}): {exc}", option=option) from None
 
 
 def _looks_like_plugin(obj: Any) -> bool:

@@ -124,26 +124,27 @@ def load_who_config(path: str, here: str | None = None) -> WhoConfig:
       (``ldap;unused``) works even with no request classifier.
     """
     if not os.path.isfile(path):
-        raise ConfigError(f"config_file: no such file {path!r}")
+        raise ConfigError(f"no such file {path!r}", option="config_file")
     parser = WhoConfig(here or os.path.dirname(os.path.abspath(path)))
     try:
         with open(path, encoding="utf-8") as f:
             parser.parse(f)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        section = _failing_plugin_section(path, parser)
+        raise exc.in_section(f"{path}: {section}" if section else path) from None
     except (configparser.Error, ImportError, AttributeError, ValueError, TypeError,
             KeyError) as exc:
-        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from None
+        section = _failing_plugin_section(path, parser)
+        where = f"{path}: {section}" if section else path
+        raise ConfigError(f"{type(exc).__name__}: {exc}", section=where) from None
     wrapped: set[int] = set()
     for name, plugin in parser.plugins.items():
         if isinstance(plugin, CachingPlugin):
-            if plugin.name == "cache":
-                plugin.name = name
-                plugin.counters.name = name
+            plugin.take_name(name)
             try:
                 plugin.bind(parser.plugins)
             except ConfigError as exc:
-                raise ConfigError(f"{path}: [plugin:{name}]: {exc}") from None
+                raise exc.in_section(f"{path}: [plugin:{name}]") from None
             wrapped.update(id(p) for p in (plugin.authenticator, plugin.mdprovider) if p)
     parser.authenticators[:] = [(n, p) for n, p in parser.authenticators if id(p) not in wrapped]
     parser.mdproviders[:] = [(n, p) for n, p in parser.mdproviders if id(p) not in wrapped]
@@ -152,6 +153,23 @@ def load_who_config(path: str, here: str | None = None) -> WhoConfig:
     if not parser.authenticators:
         raise ConfigError(f"{path}: no [authenticators]: nobody could ever be authenticated")
     return parser
+
+
+def _failing_plugin_section(path: str, parser: WhoConfig) -> str | None:
+    """The ``[plugin:x]`` section WhoConfig was building when it raised.
+
+    WhoConfig builds plugin sections in file order and files each in ``plugins`` when it is
+    made, and does not say which one failed: it is the first one not filed yet.
+    """
+    sections = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        sections.read(path, encoding="utf-8")
+    except configparser.Error:
+        return None
+    for section in sections.sections():
+        if section.startswith("plugin:") and section[len("plugin:"):] not in parser.plugins:
+            return f"[{section}]"
+    return None
 
 
 def make_middleware_from_who_config(app: Any, config: WhoConfig,
@@ -198,7 +216,7 @@ def make_filter(global_conf: Mapping[str, Any], **local_conf: Any) -> Middleware
 
 def build_middleware_factory(global_conf: Mapping[str, Any],
                              local_conf: Mapping[str, Any]) -> MiddlewareFactory:
-    opts = Options(local_conf, "[filter] (egg:repoze_who_memcached)")
+    opts = Options(local_conf, filter_section(global_conf, local_conf))
     config_file = opts.str("config_file")
     remote_user_key = opts.str("remote_user_key", "REMOTE_USER")
     if config_file:
@@ -248,7 +266,10 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
 
     mdproviders: PluginList = []
     if use_cache:
-        cache = make_plugin(**_cache_options(opts, local_conf))
+        try:
+            cache = make_plugin(**_cache_options(opts, local_conf))
+        except ConfigError as exc:
+            raise exc.in_section(opts.where) from None
         if cache.authenticator is not None:
             authenticators.append(("cache", cache))
         if cache.mdprovider is not None:
@@ -277,6 +298,42 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
     return MiddlewareFactory(build, _unique_caches(p for _, p in [*authenticators, *mdproviders]))
 
 
+def filter_section(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> str:
+    """``[filter:NAME]`` of the PasteDeploy file the filter is loaded from, for messages.
+
+    PasteDeploy tells a filter factory its file (``global_conf["__file__"]``) but not its
+    section: it is the section of that file that uses this distribution's filter and whose
+    options are the ones we were given (several filters of ours in one file differ in them).
+    """
+    fallback = "[filter] (egg:repoze_who_memcached)"
+    path = global_conf.get("__file__")
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return fallback
+    parser = configparser.ConfigParser(interpolation=None, strict=False,
+                                       default_section="\0no default section")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # as PasteDeploy
+    try:
+        parser.read(path, encoding="utf-8")
+    except configparser.Error:
+        return fallback
+    ours = []
+    for section in parser.sections():
+        kind, _, _ = section.partition(":")
+        use = parser.get(section, "use", fallback="").strip()
+        if kind.strip() in ("filter", "filter-app") and use.split("#")[0] in OUR_EGG_NAMES:
+            ours.append(section)
+    matching = [
+        section for section in ours
+        if set(local_conf) <= {k for k in parser[section] if k not in ("use", "next")}
+        | set(global_conf)
+    ]
+    found = matching if len(matching) == 1 else ours if len(ours) == 1 else []
+    return f"[{found[0]}]" if found else fallback
+
+
+OUR_EGG_NAMES = frozenset({"egg:repoze_who_memcached", "egg:repoze-who-memcached"})
+
+
 def _unique_caches(plugins: Iterable[Any]) -> list[CachingPlugin]:
     """Our cache plugins among ``plugins``, each once (one plugin may play both roles)."""
     return list({id(p): p for p in plugins if isinstance(p, CachingPlugin)}.values())
@@ -289,7 +346,6 @@ def _cache_options(opts: Options, local_conf: Mapping[str, Any]) -> dict[str, An
         value = opts.pop_raw(key, None)
         if value is not None:
             taken[key] = value
-    taken.setdefault("name", "cache")
     return taken
 
 

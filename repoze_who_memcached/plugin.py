@@ -38,7 +38,7 @@ from zope.interface import implementer
 from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
-from .keys import KeyMaker, Unencodable, is_encodable
+from .keys import KeyMaker, Unencodable, is_encodable, plugin_fingerprint
 from .nearcache import Answer, NearCache, copy_if_mutable
 from .options import Options, build_plugin
 from .sealing import Sealer, Unsealable, tag_tuples
@@ -100,6 +100,9 @@ class CachingPlugin:
     """Caches a wrapped authenticator's and/or metadata provider's answers in memcached.
 
     Build it with :func:`make_plugin` from ini options; the constructor takes typed values.
+    ``authenticator`` and ``mdprovider`` are plugin objects or ``module:object`` specs;
+    ``name`` defaults to the name the plugin is registered under in repoze.who (the
+    ``[plugin:NAME]`` section), found on the first request when no loader of ours said it.
     """
 
     def __init__(
@@ -119,7 +122,7 @@ class CachingPlugin:
         lock_timeout: int = 0,
         login_item: str = "login",
         key_prefix: str = "",
-        name: str = "cache",
+        name: str | None = None,
         stats_log_interval: float = 300.0,
         local_ttl: float = 0,
         local_max_entries: int = 10_000,
@@ -128,22 +131,33 @@ class CachingPlugin:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
         if len(secret) < MIN_SECRET_BYTES:
-            raise ConfigError(f"option 'secret': at least {MIN_SECRET_BYTES} bytes")
-        self.name = name
+            raise ConfigError(f"at least {MIN_SECRET_BYTES} bytes", option="secret")
+        self.name = name or "cache"
+        self.name_is_fixed = name is not None  # else taken from repoze.who's registry
         self.backend = backend
-        self.authenticator = authenticator
-        self.mdprovider = mdprovider
+        self._keys = KeyMaker(secret, key_prefix)
+        self._entry_heads: dict[str, bytes] = {}
+        self.authenticator = _as_plugin(authenticator, IAuthenticator, "authenticator")
+        self.mdprovider = _as_plugin(mdprovider, IMetadataProvider, "mdprovider")
         self.authenticator_name = authenticator_name
         self.mdprovider_name = mdprovider_name
         self.key_items = tuple(key_items) if key_items else None
+        if self.key_items and login_item not in self.key_items:
+            # The login names the user whose entries an invalidation drops, and tells a
+            # login from a cookie or REMOTE_USER identity (which are never cached).
+            raise ConfigError(f"must include login_item ({login_item!r}), the item that "
+                              "names the user; or set login_item", option="key_items")
         self.value_items = tuple(value_items) if value_items else None
         self.ttl = ttl
         self.negative_ttl = negative_ttl
         self.stale_ttl = stale_ttl
+        # One memcached expiry for every entry and user token, successes and denials alike:
+        # a memcached reader must not tell them apart by it. Each record's own expiry
+        # (sealed inside it) says when it stops being served.
+        self.store_expiry = max(ttl + stale_ttl, negative_ttl)
         self.lock_timeout = lock_timeout
         self.login_item = login_item
-        self.counters = Counters(name, logger, stats_log_interval)
-        self._keys = KeyMaker(secret, key_prefix)
+        self.counters = Counters(self.name, logger, stats_log_interval)
         self._sealer = Sealer(secret)
         self._namespace_key = self._keys.namespace_generation_key()
         self._epoch_key = self._keys.invalidation_epoch_key()
@@ -173,6 +187,36 @@ class CachingPlugin:
     def __repr__(self) -> str:
         return f"<CachingPlugin {self.name!r} at {id(self):#x}>"
 
+    # The wrapped plugins are properties: setting one binds the cache's entry keys to it
+    # (keys.plugin_fingerprint), once, instead of on every request.
+
+    @property
+    def authenticator(self) -> Any:
+        return self._authenticator
+
+    @authenticator.setter
+    def authenticator(self, plugin: Any) -> None:
+        self._authenticator = plugin
+        self._entry_heads[AUTHENTICATE] = self._keys.entry_head(
+            AUTHENTICATE, plugin_fingerprint(plugin) if plugin is not None else b"")
+
+    @property
+    def mdprovider(self) -> Any:
+        return self._mdprovider
+
+    @mdprovider.setter
+    def mdprovider(self, plugin: Any) -> None:
+        self._mdprovider = plugin
+        self._entry_heads[ADD_METADATA] = self._keys.entry_head(
+            ADD_METADATA, plugin_fingerprint(plugin) if plugin is not None else b"")
+
+    def take_name(self, name: str) -> None:
+        """Be known as ``name`` (logs, counters, Prometheus, the environ), unless a name
+        was given: loaders call it with the plugin's section name."""
+        if not self.name_is_fixed:
+            self.name = self.counters.name = name
+            self.name_is_fixed = True
+
     # ---------------------------------------------------------------- wiring (load time)
 
     def bind(self, plugins: Mapping[str, Any]) -> None:
@@ -188,24 +232,26 @@ class CachingPlugin:
             if name and getattr(self, attr) is None:
                 if name not in plugins:
                     raise ConfigError(
-                        f"plugin {self.name!r}: option '{attr}_name': no plugin named {name!r} "
-                        f"(known: {', '.join(sorted(plugins)) or 'none'})"
+                        f"no plugin named {name!r} "
+                        f"(known: {', '.join(sorted(plugins)) or 'none'})", option=f"{attr}_name"
                     )
                 plugin = plugins[name]
                 if not iface.providedBy(plugin):
-                    raise ConfigError(
-                        f"plugin {self.name!r}: option '{attr}_name': {name!r} does not "
-                        f"provide {iface.__name__}"
-                    )
+                    raise ConfigError(f"{name!r} does not provide {iface.__name__}",
+                                      option=f"{attr}_name")
                 setattr(self, attr, plugin)
 
     def _wrapped(self, environ: dict, attr: str) -> Any:
+        """The plugin named by ``authenticator_name``/``mdprovider_name``, found in the
+        request's repoze.who registry: the stock middleware's ``environ["repoze.who.plugins"]``
+        or the API object's ``name_registry`` (``environ["repoze.who.api"]``, set by every
+        ``APIFactory``: ``make_api_factory_with_config``, frameworks). Bound once found."""
         plugin = getattr(self, attr)
         if plugin is None:
             name = getattr(self, attr + "_name")
             if not name:
                 return None
-            registry = environ.get("repoze.who.plugins") or {}
+            registry = _registry(environ)
             plugin = registry.get(name)
             if plugin is None:
                 self._warn.warning(
@@ -213,6 +259,18 @@ class CachingPlugin:
                     "the config (e.g. '%s;unused')", self.name, name, attr, name,
                 )
                 return None
+            iface = IAuthenticator if attr == "authenticator" else IMetadataProvider
+            if not iface.providedBy(plugin):
+                self._warn.warning(
+                    "unbound-" + attr, "cache %s: plugin %r does not provide %s; not wrapping "
+                    "it", self.name, name, iface.__name__,
+                )
+                return None
+            if not self.name_is_fixed:
+                for registered, candidate in registry.items():
+                    if candidate is self:
+                        self.take_name(registered)
+                        break
             setattr(self, attr, plugin)
         return plugin
 
@@ -222,6 +280,11 @@ class CachingPlugin:
         wrapped = self.authenticator or self._wrapped(environ, "authenticator")
         if wrapped is None:
             return None
+        if identity.get(self.login_item) is None:
+            # Not a login (an auth_tkt cookie, a REMOTE_USER identity): nothing to cache,
+            # and no miss or denial to count; the wrapped plugin says what it makes of it.
+            self._record(environ, AUTHENTICATE, "uncached")
+            return self._call_backend(wrapped.authenticate, environ, identity).userid
         try:
             near_key = None
             if self._near is not None:
@@ -281,23 +344,29 @@ class CachingPlugin:
             return None
         try:
             return self._keys.user_generation_key(kind, name)
-        except (Unencodable, RecursionError):
+        except (Unencodable, RecursionError, ValueError):
             return None
 
     # ---------------------------------------------------------------- the shared path
 
     def _authenticate_items(self, identity: dict) -> list[tuple[str, Any]] | None:
-        """(name, value) pairs that key an authentication, or None if they can't be encoded."""
+        """(name, value) pairs that key an authentication, or None if they can't be encoded.
+
+        Fails closed: an item the key cannot encode (an object, a UUID, a non-str name, a
+        list nested too deep) makes the call uncached. Leaving it out of the key instead
+        would let any value of it, or none, reuse another's cached success.
+        """
         if not self.key_items:
-            # Default: every item that is data, in sorted order; plugin objects and
-            # repoze.who's bookkeeping would make keys differ between processes.
-            items = [
-                (name, value)
-                for name, value in identity.items()
-                if name not in BOOKKEEPING_ITEMS
-                and isinstance(name, str)
-                and (isinstance(value, _SIMPLE_TYPES) or is_encodable(value))
-            ]
+            # Default: every item but repoze.who's bookkeeping (plugin objects), sorted.
+            items = []
+            for name, value in identity.items():
+                if name in BOOKKEEPING_ITEMS:
+                    continue
+                if type(name) is not str or not (
+                    isinstance(value, _SIMPLE_TYPES) or is_encodable(value)
+                ):
+                    return None
+                items.append((name, value))
             items.sort()  # names are unique: values are never compared
             return items
         items = [(name, identity.get(name)) for name in self.key_items]
@@ -314,7 +383,7 @@ class CachingPlugin:
         near_key: bytes | None = None,
     ) -> Any:
         near_flushes = self._near.flushes if near_key is not None else 0
-        entry_key = self._keys.entry_key(method, items)
+        entry_key = self._keys.entry_key(method, items, self._entry_heads[method])
         if user_key:
             generation_keys, route = [self._namespace_key, user_key], user_key
         else:
@@ -574,10 +643,20 @@ class CachingPlugin:
                 self.name, ", ".join(sorted(unfit)) or USERID,
             )
             return None
-        tokens = [
-            current if _is_token(current) else self._create_generation(key, lookup.route, current)
-            for key, current in zip(lookup.generation_keys, lookup.generations, strict=True)
-        ]
+        # The namespace token (the first) lives until replaced; a user's token as long as
+        # the entries under it and no longer, so a flood of random denied logins leaves
+        # nothing behind that never expires.
+        tokens, kept = [], []
+        for index, (key, current) in enumerate(
+            zip(lookup.generation_keys, lookup.generations, strict=True)
+        ):
+            expire = self.store_expiry if index else 0
+            if _is_token(current):
+                tokens.append(current)
+                if expire:
+                    kept.append(key)
+            else:
+                tokens.append(self._create_generation(key, lookup.route, current, expire))
         if any(t is None for t in tokens):
             return None  # memcached is unreachable: nothing to store into
         record = {
@@ -587,18 +666,20 @@ class CachingPlugin:
             _GENERATIONS: [t.decode("ascii") for t in tokens],
             _POSITIVE: positive,
         }
-        expire = ttl + (self.stale_ttl if positive else 0)
         try:
             sealed = self._sealer.seal(lookup.entry_key, record)
         except (TypeError, ValueError) as exc:  # _cacheable let through what JSON refuses
             self._warn.warning("uncacheable", "cache %s: not caching: %s", self.name, exc)
             return None
-        if not self.backend.set(lookup.entry_key, sealed, expire, lookup.route):
+        if not self.backend.set(lookup.entry_key, sealed, self.store_expiry, lookup.route):
             self.counters.incr("cache_errors")
             return None
+        for key in kept:  # the token must outlive the entry just stored under it
+            self.backend.touch(key, self.store_expiry, lookup.route)
         return record
 
-    def _create_generation(self, key: str, route: str, current: Any) -> bytes | None:
+    def _create_generation(self, key: str, route: str, current: Any, expire: int
+                           ) -> bytes | None:
         """First use of a generation: create its token; None if another one appeared.
 
         A token that appeared since our read may be an invalidation's, made while our
@@ -609,8 +690,8 @@ class CachingPlugin:
         """
         token = _new_token()
         if current is not None:
-            return token if self.backend.set(key, token, 0, route) else None
-        return token if self.backend.add(key, token, 0, route) else None
+            return token if self.backend.set(key, token, expire, route) else None
+        return token if self.backend.add(key, token, expire, route) else None
 
     # ---------------------------------------------------------------- operations
 
@@ -730,8 +811,18 @@ def make_plugin(**options: Any) -> CachingPlugin:
     ``authenticator_name``, ``mdprovider_name``, ``key_items``, ``value_items``, ``secret``,
     ``ttl``. Every value is checked here, so a bad config fails when it is loaded.
     """
-    opts = Options(options, f"[plugin:{options.get('name', 'cache')}]")
-    name = opts.str("name", "cache") or "cache"
+    given_name = options.get("name")
+    opts = Options(options, f"[plugin:{given_name}]" if isinstance(given_name, str) else None)
+    try:
+        return _make_plugin(opts)
+    except ConfigError as exc:
+        # Say the section where we know it (``name`` given); our loaders add it otherwise.
+        raise (exc.in_section(opts.section) if opts.section and not exc.section
+               else exc) from None
+
+
+def _make_plugin(opts: Options) -> CachingPlugin:
+    name = opts.str("name") or None
     secret = opts.secret("secret", "secret_file", min_bytes=MIN_SECRET_BYTES)
     urls = opts.list("memcached_urls", ["127.0.0.1:11211"]) or []
     if not urls:
@@ -793,20 +884,57 @@ def make_plugin(**options: Any) -> CachingPlugin:
     plugin = CachingPlugin(backend=backend, **kwargs)
     holder.append(plugin)
     if prometheus and not register_prometheus(plugin.counters):
-        raise ConfigError(f"{opts.where}: option 'prometheus': prometheus_client is not installed")
+        raise opts.error("prometheus", "prometheus_client is not installed")
+    return plugin
+
+
+def _registry(environ: dict) -> Mapping[str, Any]:
+    """repoze.who's plugins by name for this request, under any way repoze.who is driven."""
+    registry = environ.get("repoze.who.plugins")  # the stock middleware (only it sets this)
+    if registry:
+        return registry
+    api = environ.get("repoze.who.api")  # every APIFactory: ours, stock, frameworks'
+    return getattr(api, "name_registry", None) or {}
+
+
+def _as_plugin(plugin: Any, iface: Any, option: str) -> Any:
+    """A plugin object as given, or the object a ``module:object`` spec names."""
+    if isinstance(plugin, str):
+        plugin = build_plugin(plugin, {}, option) if plugin.strip() else None
+    if plugin is not None and not iface.providedBy(plugin):
+        raise ConfigError(f"{plugin!r} does not provide {iface.__name__}", option=option)
     return plugin
 
 
 def _inline_plugin(opts: Options, option: str) -> Any:
-    """``authenticator = module:factory`` plus ``authenticator.OPTION = value`` lines."""
-    spec = opts.str(option)
+    """``authenticator = module:factory`` plus ``authenticator.OPTION = value`` lines, or
+    (configured from Python) a plugin object, or a factory to call with the sub-options."""
+    spec = opts.pop_raw(option)
     sub_options = opts.pop_prefixed(option)
+    iface = IAuthenticator if option == "authenticator" else IMetadataProvider
+    if spec is not None and not isinstance(spec, str):
+        if iface.providedBy(spec):
+            if sub_options:
+                raise opts.error(f"{option}.{next(iter(sub_options))}",
+                                 f"given with a plugin object as '{option}'")
+            return spec
+        if not callable(spec):
+            raise opts.error(option, f"{spec!r} is neither a plugin providing "
+                             f"{iface.__name__}, a factory, nor a 'module:factory' spec")
+        try:
+            spec = spec(**sub_options)
+        except ConfigError as exc:
+            raise exc.under(option) from None
+        if not iface.providedBy(spec):
+            raise opts.error(option, f"the factory made {spec!r}, which does not provide "
+                             f"{iface.__name__}")
+        return spec
+    spec = spec.strip() if spec else spec
     if not spec:
         if sub_options:
             raise opts.error(f"{option}.{next(iter(sub_options))}", f"given without '{option}'")
         return None
     plugin = build_plugin(spec, sub_options, option)
-    iface = IAuthenticator if option == "authenticator" else IMetadataProvider
     if not iface.providedBy(plugin):
         raise opts.error(option, f"{spec!r} made {plugin!r}, which does not provide "
                          f"{iface.__name__}")

@@ -6,7 +6,9 @@ gives confidentiality and integrity; using the memcached key as associated data 
 value copied to another key fail to open. The plaintext is JSON (never pickle): even a
 value that opens is only ever data.
 
-Layout: ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. Nonces are random; a
+Layout: ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. The plaintext is padded
+with spaces to a multiple of ``PAD_BLOCK`` bytes, so a denial and a success (a userid, a few
+items) have the same size; large metadata still shows as a larger entry. Nonces are random; a
 single secret can seal some 2**32 values before its nonces risk repeating, so rotate
 ``secret`` long before that (a busy site's misses take years to get there).
 """
@@ -27,6 +29,7 @@ FORMAT_VERSION = b"\x01"
 NONCE_BYTES = 12
 _TAG_BYTES = 16
 _MIN_SEALED = 1 + NONCE_BYTES + _TAG_BYTES
+PAD_BLOCK = 256
 _BYTES_TAG = "\x00bytes"
 _TUPLE_TAG = "\x00tuple"
 
@@ -41,6 +44,8 @@ class Sealer:
 
     def seal(self, key: str, record: dict[str, Any]) -> bytes:
         plaintext = json.dumps(record, separators=(",", ":"), default=_encode_extra).encode()
+        # Compact JSON never ends in a space, so the padding comes off unambiguously.
+        plaintext += b" " * (-len(plaintext) % PAD_BLOCK)
         nonce = os.urandom(NONCE_BYTES)
         return FORMAT_VERSION + nonce + self._aead.encrypt(nonce, plaintext, key.encode())
 
@@ -56,7 +61,7 @@ class Sealer:
             raise Unsealable("authentication failed") from None
         # Only records holding bytes or tuples need the (slower, per-object) hook.
         decoder = _TAGGED_DECODER if b"\\u0000" in plaintext else _PLAIN_DECODER
-        text = plaintext.decode("utf-8")
+        text = plaintext.decode("utf-8").rstrip(" ")
         # raw_decode: what we sealed has no surrounding whitespace for decode() to look for.
         record, end = decoder.raw_decode(text)
         if end != len(text) or not isinstance(record, dict):

@@ -511,7 +511,7 @@ def test_many_threads_no_cache_errors(memcached, client):
 
 def _lock_key_for(plugin, user, password):
     items = sorted({"login": user, "password": password}.items())
-    entry_key = plugin._keys.entry_key("authenticate", items)
+    entry_key = plugin._keys.entry_key("authenticate", items, plugin._entry_heads["authenticate"])
     route = plugin._keys.user_generation_key("login", user)
     return plugin._keys.lock_key(entry_key), route
 

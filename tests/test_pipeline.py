@@ -185,7 +185,8 @@ def test_2011_config_works_with_only_use_changed(tmp_path, memcached, general):
 
 
 def test_2011_config_with_stock_repoze_who_loader(tmp_path, memcached):
-    """The stock ``egg:repoze.who#config`` route: names resolve on the first request."""
+    """The stock ``egg:repoze.who#config`` route: names resolve on the first request, and
+    the cache takes its section's name from repoze.who's registry, as under our loader."""
     write_ini(tmp_path, WHO_2011.format(url=memcached.url, secret=SECRET, general=WHO_GENERAL),
               "who.ini")
     ini = write_ini(tmp_path, """
@@ -202,7 +203,7 @@ def test_2011_config_with_stock_repoze_who_loader(tmp_path, memcached):
     app = TestApp(loadapp(f"config:{ini}"))
     app.get("/", headers=basic("alice", "wonderland"))
     body = app.get("/?format=json", headers=basic("alice", "wonderland")).json
-    assert body["cache"]["cache"]["authenticate"] == "hit"
+    assert body["cache"]["cached_ldap"]["authenticate"] == "hit"
 
 
 def test_who_ini_with_unknown_wrapped_name_fails(tmp_path, memcached):
