@@ -208,3 +208,102 @@ def test_python_config_errors_name_the_option(memcached):
     with pytest.raises(ConfigError, match="'authenticator.users'"):
         make_plugin(authenticator=CountingAuthenticator(), secret=SECRET,
                     memcached_urls=memcached.url, **{"authenticator.users": "a:b"})
+
+
+def ldap_operations(slapd) -> int:
+    """Searches and binds slapd has logged so far (bind_count waits for a quiet log)."""
+    slapd.bind_count()
+    return sum(1 for line in slapd.read_log().splitlines()
+               if " SRCH base=" in line or " BIND dn=" in line)
+
+
+def test_cookie_identities_are_not_cached_as_logins(tmp_path, slapd, memcached):
+    """auth_tkt identities carry no login: they go to the wrapped plugin uncached, are not
+    stored, and count neither as misses nor as (negative) hits."""
+    ini = tmp_path / "app.ini"
+    ini.write_text(textwrap.dedent(f"""
+        [app:demo]
+        use = egg:repoze_who_memcached#demo
+
+        [filter:auth]
+        use = egg:repoze_who_memcached
+        identifiers = tkt basicauth
+        authenticators = tkt
+        plugin.tkt = repoze.who.plugins.auth_tkt:make_plugin
+        plugin.tkt.secret = another-long-secret-for-tickets
+        authenticator = repoze_who_memcached.ldap:make_authenticator
+        authenticator.url = {slapd.url}
+        authenticator.base_dn = {slapd.users_base_dn}
+        authenticator.bind_dn = {slapd.reader_dn}
+        authenticator.bind_password = {slapd.reader_password}
+        memcached_urls = {memcached.url}
+        secret = {SECRET}
+        negative_ttl = 60
+
+        [pipeline:main]
+        pipeline = auth demo
+    """))
+    app = TestApp(loadapp(f"config:{ini}"))
+    assert app.get("/?format=json", headers=basic("alice", "wonderland")).json["userid"] \
+        == ALICE_DN
+    tkt = app.app.api_factory.name_registry["tkt"]
+    cookie = tkt.remember({"HTTP_HOST": "localhost", "REMOTE_ADDR": "127.0.0.1"},
+                          {"repoze.who.userid": ALICE_DN})[0][1].split(";")[0]
+    cache = app.app.cache_plugins[0]
+    counts = cache.counters.snapshot()
+    stored = set(memcached.stored_keys())
+    operations = ldap_operations(slapd)
+    for _ in range(20):
+        body = app.get("/?format=json", headers={"Cookie": cookie}).json
+        assert body["userid"] == ALICE_DN
+        assert body["cache"]["cache"]["authenticate"] == "uncached"
+    after = cache.counters.snapshot()
+    for counter in ("misses", "hits", "negative_hits", "coalesced"):
+        assert after[counter] == counts[counter], counter
+    assert set(memcached.stored_keys()) == stored  # nothing stored for them
+    assert ldap_operations(slapd) == operations  # and the directory was not asked
+
+
+def test_filter_errors_name_the_filter_section(tmp_path, memcached):
+    from repoze_who_memcached import ConfigError
+
+    ini = tmp_path / "app.ini"
+    ini.write_text(textwrap.dedent(f"""
+        [app:demo]
+        use = egg:repoze_who_memcached#demo
+
+        [filter:auth]
+        use = egg:repoze_who_memcached
+        authenticator = backends_for_tests:make_authenticator
+        memcached_urls = {memcached.url}
+        secret = {SECRET}
+        tll = 60
+
+        [pipeline:main]
+        pipeline = auth demo
+    """))
+    with pytest.raises(ConfigError) as caught:
+        loadapp(f"config:{ini}")
+    assert str(caught.value) == "[filter:auth]: unknown option 'tll'"
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("tll = 60", "[plugin:cached_ldap]: unknown option 'tll'"),
+    ("mdprovider = repoze_who_memcached.ldap:make_metadata_provider\n"
+     "mdprovider.url = ldap://127.0.0.1:1\n"
+     "mdprovider.base_dn = dc=example,dc=org\n"
+     "mdprovider.attribute = mail",
+     "[plugin:cached_ldap]: unknown option 'mdprovider.attribute'"),
+    ("ttl = soon", "[plugin:cached_ldap]: option 'ttl': expected a whole number"),
+])
+def test_who_ini_errors_name_the_section_and_full_option(line, message, tmp_path, slapd,
+                                                         memcached):
+    from repoze_who_memcached import ConfigError
+    from repoze_who_memcached.pipeline import load_who_config
+
+    who_ini = write_who_ini(tmp_path, slapd, memcached, "")
+    path = tmp_path / "who.ini"
+    path.write_text(path.read_text().replace("ttl = 300", line))
+    with pytest.raises(ConfigError) as caught:
+        load_who_config(who_ini)
+    assert str(caught.value).startswith(f"{who_ini}: {message}")
