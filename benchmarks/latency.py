@@ -257,26 +257,28 @@ def build_components(lab: Any, environ: dict, found: dict, client: str
     try:
         method = "authenticate"
         items = plugin._authenticate_items(identity)
-        entry_key = plugin._keys.entry_key(method, items)
-        user_key = plugin._keys.user_generation_key("login", LOGIN)
-        namespace_key = plugin._keys.namespace_generation_key()
+        head = plugin._entry_heads[method]
+        entry_key = plugin.region.keys.entry_key(method, items, head)
+        user_key = plugin.region.keys.user_generation_key("login", LOGIN)
+        namespace_key = plugin.region.keys.namespace_generation_key()
         raw = found[entry_key]
         generations = [found[namespace_key], found[user_key]]
-        record = plugin._open(entry_key, raw, generations)
+        record = plugin.region._open(entry_key, raw, generations)
         if record is None:
             raise LookupError("the recorded entry did not open")
         pieces.update({
             "_authenticate_items (which identity items key the entry)":
                 lambda: plugin._authenticate_items(identity),
             "keys.entry_key (encode + HMAC-SHA256 + base64)":
-                lambda: plugin._keys.entry_key(method, items),
+                lambda: plugin.region.keys.entry_key(method, items, head),
             "keys.user_generation_key (casefold + encode + HMAC + base64)":
-                lambda: plugin._keys.user_generation_key("login", LOGIN),
+                lambda: plugin.region.keys.user_generation_key("login", LOGIN),
             "_open (sealing.open + generation checks)":
-                lambda: plugin._open(entry_key, raw, generations),
+                lambda: plugin.region._open(entry_key, raw, generations),
             "sealing.open (AES-GCM decrypt + JSON decode)":
-                lambda: plugin._sealer.open(entry_key, raw),
-            "_restore (identity.update)": lambda: plugin._restore(dict(identity), record),
+                lambda: plugin.region.sealer.open(entry_key, raw),
+            "identity.update (restoring the values)":
+                lambda: dict(identity).update(record["v"]),
             "counters.incr": lambda: plugin.counters.incr("hits"),
             "_record (environ bookkeeping)": lambda: plugin._record({}, method, "hit"),
             "time.time (the expiry check)": __import__("time").time,

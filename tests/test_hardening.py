@@ -161,7 +161,7 @@ def test_negative_caching_stores_nothing_that_never_expires(memcached):
     plugin = plugin_for(memcached, backend, negative_ttl="30", ttl="60")
     for n in range(20):
         assert login(plugin, f"random-{n}", "guess")[0] is None
-    namespace = plugin._keys.namespace_generation_key()
+    namespace = plugin.region.keys.namespace_generation_key()
     forever = [k for k in memcached.stored_keys() if _ttl(memcached, k) == -1]
     assert forever == [namespace]  # one key for the whole cache, not one per guess
 
@@ -178,7 +178,7 @@ def test_successes_and_denials_look_alike_in_memcached(memcached):
     sizes = {len(memcached.get_raw(k)) for k in entries}
     assert len(sizes) == 1
     ttls = [_ttl(memcached, k) for k in memcached.stored_keys()
-            if k != plugin._keys.namespace_generation_key()]
+            if k != plugin.region.keys.namespace_generation_key()]
     assert max(ttls) - min(ttls) <= 1, ttls
     assert first  # alice's entry and token were stored
 

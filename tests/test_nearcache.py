@@ -349,14 +349,14 @@ def test_missing_epoch_flushes_memory_and_is_recreated(memcached):
     plugin = near_plugin(memcached, backend, local_check_interval=str(INTERVAL))
     auth(plugin)
     assert auth(plugin)[1] == "local_hit"
-    epoch = memcached.get_raw(plugin._epoch_key)
+    epoch = memcached.get_raw(plugin.region.epoch_key)
     assert epoch is not None and len(epoch) == 16  # the first check created it
-    delete_raw(memcached, plugin._epoch_key)  # evicted, say
+    delete_raw(memcached, plugin.region.epoch_key)  # evicted, say
     wait_out(INTERVAL)
     # Nothing invalidated alice, but an invalidation may have been lost with the epoch.
     assert auth(plugin) == ("user:alice", "hit")
     assert plugin.counters.snapshot()["local_flushes"] == 1
-    recreated = memcached.get_raw(plugin._epoch_key)
+    recreated = memcached.get_raw(plugin.region.epoch_key)
     assert recreated is not None and len(recreated) == 16 and recreated != epoch
     assert auth(plugin) == ("user:alice", "local_hit")
     wait_out(INTERVAL)
@@ -394,7 +394,7 @@ def test_garbage_epoch_means_nothing_older_from_memory(memcached, value, flags):
     plugin = near_plugin(memcached, backend, local_check_interval=str(interval))
     auth(plugin)
     assert auth(plugin)[1] == "local_hit"
-    memcached.set_raw(plugin._epoch_key, value, flags=flags)
+    memcached.set_raw(plugin.region.epoch_key, value, flags=flags)
     for flushes in (1, 2):
         wait_out(interval)
         # Every check that reads garbage drops what memory held; memcached still answers.
@@ -405,7 +405,7 @@ def test_garbage_epoch_means_nothing_older_from_memory(memcached, value, flags):
         assert auth(plugin, password="wrong") == (None, "miss")
     assert backend.calls == 3  # alice once, the two wrong guesses
     # Garbage is left in place (add does not overwrite it); an invalidation replaces it.
-    assert memcached.get_raw(plugin._epoch_key) == value
+    assert memcached.get_raw(plugin.region.epoch_key) == value
     plugin.invalidate_user(login="nobody")
     wait_out(interval)
     assert auth(plugin) == ("user:alice", "hit")
@@ -694,7 +694,7 @@ def test_memcached_still_reveals_nothing_with_the_near_cache(memcached):
     auth(plugin, "zoë", "pässwörd")
     plugin.invalidate_user(login="zoë")
     keys = memcached.stored_keys()
-    assert plugin._epoch_key in keys
+    assert plugin.region.epoch_key in keys
     dump = b"".join(memcached.get_raw(k) or b"" for k in keys) + " ".join(keys).encode()
     for secret_text in ("zoë", "pässwörd", "user:", "example.org", "uid="):
         assert secret_text.encode() not in dump
@@ -800,7 +800,7 @@ def test_memcached_answer_read_before_an_invalidation_is_not_kept(memcached, mon
         if len(keys) > 1 and not raced:  # the entry read (an epoch check reads one key)
             raced.append(keys)
             store_first.invalidate_user(login="alice")
-            plugin._check_invalidation_epoch()
+            plugin.region.check_invalidation_epoch()
         return found
 
     monkeypatch.setattr(plugin.backend, "get_multi", get_multi_racing)
@@ -817,7 +817,7 @@ def test_backend_answer_begun_before_an_invalidation_is_not_kept(memcached):
             userid = super().authenticate(environ, identity)
             if self.calls == 1:
                 plugin_for(memcached, CountingAuthenticator()).invalidate_user(login="alice")
-                plugin._check_invalidation_epoch()  # another thread's check
+                plugin.region.check_invalidation_epoch()  # another thread's check
             return userid
 
     backend = InvalidatedMeanwhile(users={"alice": "wonderland", "bob": "builder"})

@@ -511,9 +511,10 @@ def test_many_threads_no_cache_errors(memcached, client):
 
 def _lock_key_for(plugin, user, password):
     items = sorted({"login": user, "password": password}.items())
-    entry_key = plugin._keys.entry_key("authenticate", items, plugin._entry_heads["authenticate"])
-    route = plugin._keys.user_generation_key("login", user)
-    return plugin._keys.lock_key(entry_key), route
+    head = plugin._entry_heads["authenticate"]
+    entry_key = plugin.region.keys.entry_key("authenticate", items, head)
+    route = plugin.region.keys.user_generation_key("login", user)
+    return plugin.region.keys.lock_key(entry_key), route
 
 
 def test_waiter_stops_when_the_holder_releases_without_storing(memcached):
@@ -534,7 +535,7 @@ def test_a_lock_this_process_failed_to_release_is_not_waited_for(memcached):
     backend = CountingAuthenticator()
     plugin = plugin_for(memcached, backend, lock_timeout="10")
     lock_key, route = _lock_key_for(plugin, "alice", "wonderland")
-    assert plugin.backend.add(lock_key, plugin._lock_token, 10, route)  # left behind
+    assert plugin.backend.add(lock_key, plugin.region.lock_token, 10, route)  # left behind
     started = time.monotonic()
     assert login(plugin)[0] == "user:alice"
     assert time.monotonic() - started < 2

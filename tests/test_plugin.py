@@ -463,7 +463,7 @@ def test_an_internal_error_answers_from_the_backend(memcached, caplog, monkeypat
     def broken(*args):
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(plugin._sealer, "open", broken)
+    monkeypatch.setattr(plugin.region.sealer, "open", broken)
     with caplog.at_level(logging.ERROR, "repoze_who_memcached"):
         assert login(plugin)[0] == "user:alice"
         assert login(plugin, password="no")[0] is None

@@ -1,0 +1,469 @@
+"""The cache core: "these keyed items, this call" in, an answer out. No repoze.who here.
+
+A :class:`CacheRegion` keeps answers in memcached under HMAC keys (``keys.py``), sealed and
+bound to their key (``sealing.py``), and valid only while the generation tokens they were
+stored under are current (``generations.py``). On a miss it asks the caller's ``create``
+once per key in this process (single flight), once in the cluster with ``lock_timeout``
+(a memcached lock), may serve a recently expired answer while ``create`` fails
+(``stale_ttl``), and keeps answers in process memory with ``local_ttl`` (``nearcache.py``).
+
+Callers (the repoze.who adapter in ``plugin.py``) say which items key a call, which user
+owns it (for invalidation), and how to compute the answer; they get back what to tell
+their caller. Everything that can be done once is done in ``__init__``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import CacheBackend
+from .counters import Counters, RateLimitedLog
+from .generations import is_token, new_token
+from .keys import KeyMaker, Unencodable
+from .nearcache import Answer, NearCache, copy_if_mutable
+from .sealing import Sealer, Unsealable, tag_tuples
+
+logger = logging.getLogger("repoze_who_memcached")
+
+_COALESCE_WAIT = 60.0  # a waiter never waits longer than this for another thread's call
+_LOCK_POLL = 0.02
+_SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
+
+# Field names inside a sealed record (short: they are stored once per entry).
+_USERID, _VALUES, _EXPIRES, _GENERATIONS, _POSITIVE = "u", "v", "x", "g", "p"
+
+
+@dataclass
+class Outcome:
+    """What one call of ``create`` produced, shared with the threads that waited for it.
+
+    ``positive``: an answer to cache for ``ttl`` (else a denial, for ``negative_ttl``).
+    ``failed``: the backend could not answer; nothing is cached and a stale answer may do.
+    """
+
+    userid: Any = None
+    values: dict[str, Any] | None = None
+    failed: bool = False
+    positive: bool = False
+
+
+Result = tuple[str, Any, dict[str, Any] | None]
+"""What :meth:`CacheRegion.get_or_create` returns: (outcome, userid, values), outcome one
+of hit, negative_hit, miss, stale, error; values are the caller's own to change."""
+
+
+@dataclass
+class _Lookup:
+    """One cached call in progress: what it asks, and where its keys live."""
+
+    entry_key: str
+    route: str  # the key that picks the server (the user's generation key)
+    generation_keys: list[str]
+    generations: list[Any]  # the tokens as last read
+    near_key: bytes | None = None  # where the near cache keeps the answer (None: it doesn't)
+    near_flushes: int = 0  # the near cache's flush count before the first read
+
+
+class _Flight:
+    __slots__ = ("done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome = Outcome(failed=True)
+
+
+class CacheRegion:
+    """Get-or-create of sealed, generation-checked answers in memcached (see module doc)."""
+
+    def __init__(
+        self,
+        *,
+        secret: bytes,
+        backend: CacheBackend,
+        counters: Counters,
+        ttl: int = 60,
+        negative_ttl: int = 0,
+        stale_ttl: int = 0,
+        lock_timeout: int = 0,
+        key_prefix: str = "",
+        near: NearCache | None = None,
+    ) -> None:
+        self.backend = backend
+        self.counters = counters
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.stale_ttl = stale_ttl
+        # One memcached expiry for every entry and user token, successes and denials alike:
+        # a memcached reader must not tell them apart by it. Each record's own expiry
+        # (sealed inside it) says when it stops being served.
+        self.store_expiry = max(ttl + stale_ttl, negative_ttl)
+        self.lock_timeout = lock_timeout
+        self.keys = KeyMaker(secret, key_prefix)
+        self.sealer = Sealer(secret)
+        self.namespace_key = self.keys.namespace_generation_key()
+        self.epoch_key = self.keys.invalidation_epoch_key()
+        self.near = near
+        self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
+        self._near_epoch: bytes | None = None  # the epoch token as last read
+        self._near_check_lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self.lock_token = new_token()  # marks the memcached locks this region takes
+        self.warn = RateLimitedLog(logger)
+        self.epoch_checked: Callable[[], None] = lambda: None  # called at each epoch check
+
+    @property
+    def name(self) -> str:
+        return self.counters.name
+
+    def user_key(self, kind: str, name: Any) -> str | None:
+        """The generation key of the user ``name`` (None: no user, or not encodable)."""
+        if name is None:
+            return None
+        try:
+            return self.keys.user_generation_key(kind, name)
+        except (Unencodable, RecursionError, ValueError):
+            return None
+
+    # ---------------------------------------------------------------- get or create
+
+    def get_or_create(
+        self,
+        head: bytes,
+        items: Sequence[tuple[str, Any]],
+        user_key: str | None,
+        near_key: bytes | None,
+        create: Callable[..., Outcome],
+        *args: Any,
+    ) -> Result:
+        """The answer for ``items`` (keyed under ``head``, from ``KeyMaker.entry_head``):
+        from memcached if a current one is there, else ``create(*args)``, stored."""
+        near = self.near if near_key is not None else None
+        near_flushes = near.flushes if near is not None else 0
+        entry_key = self.keys.entry_key("", items, head)
+        if user_key:
+            generation_keys, route = [self.namespace_key, user_key], user_key
+        else:
+            generation_keys, route = [self.namespace_key], entry_key
+        # All of a user's keys live on one server: one round trip, whatever the cluster.
+        record, generations = self._fetch(entry_key, generation_keys, route)
+        now = time.time()
+        if record is not None and now < record[_EXPIRES]:
+            positive = record[_POSITIVE]
+            self.counters.incr("hits" if positive else "negative_hits")
+            if near is not None:
+                near.put(near_key, record.get(_USERID), record[_VALUES], positive,
+                         record[_EXPIRES], near_flushes)
+            return ("hit" if positive else "negative_hit"), record.get(_USERID), record[_VALUES]
+
+        self.counters.incr("misses")
+        lookup = _Lookup(entry_key, route, generation_keys, generations, near_key, near_flushes)
+        outcome = self._coalesced_call(lookup, create, args)
+        if outcome.failed:
+            if record is not None and record[_POSITIVE] and now < record[_EXPIRES] + self.stale_ttl:
+                self.counters.incr("stale_served")
+                self.warn.warning(
+                    "stale", "cache %s: backend failed, serving an entry expired %.0fs ago "
+                    "(stale_ttl=%ds)", self.name, now - record[_EXPIRES], self.stale_ttl,
+                )
+                return "stale", record.get(_USERID), record[_VALUES]
+            return "error", None, None
+        # Requests coalesced on this miss share one outcome: each gets its own copy of
+        # anything it could change.
+        values = copy_if_mutable(outcome.values) if outcome.values else outcome.values
+        return "miss", outcome.userid, values
+
+    def _fetch(
+        self, entry_key: str, generation_keys: list[str], route: str, *also: str
+    ) -> tuple[dict | None, list[Any]]:
+        """One round trip: the entry, its generation tokens (and the keys ``also`` asked
+        for, returned as the tokens' tail). Returns the record (None unless it opens and its
+        generations are current) and the tokens as read."""
+        found = self.backend.get_multi([entry_key, *generation_keys, *also], route)
+        generations = [found.get(k) for k in generation_keys]
+        record = self._open(entry_key, found.get(entry_key), generations)
+        return record, generations + [found.get(k) for k in also]
+
+    def _fresh_outcome(self, lookup: _Lookup) -> Outcome | None:
+        """The answer another thread or process stored meanwhile, if any."""
+        record, lookup.generations = self._fetch(
+            lookup.entry_key, lookup.generation_keys, lookup.route
+        )
+        return _outcome_of(record)
+
+    # ---------------------------------------------------------------- single flight, locks
+
+    def _coalesced_call(self, lookup: _Lookup, create: Callable[..., Outcome],
+                        args: tuple) -> Outcome:
+        """Call ``create`` once for all threads missing on this key right now."""
+        with self._flights_lock:
+            flight = self._flights.get(lookup.entry_key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[lookup.entry_key] = _Flight()
+        if not leader:
+            self.counters.incr("coalesced")
+            if flight.done.wait(_COALESCE_WAIT):
+                return flight.outcome
+            return create(*args)  # the leader is stuck: go alone
+        try:
+            flight.outcome = self._locked_call(lookup, create, args)
+            return flight.outcome
+        finally:
+            with self._flights_lock:
+                del self._flights[lookup.entry_key]
+            flight.done.set()
+
+    def _locked_call(self, lookup: _Lookup, create: Callable[..., Outcome],
+                     args: tuple) -> Outcome:
+        """With ``lock_timeout``, one process in the cluster asks; the others wait for its entry.
+
+        The lock is a memcached ``add`` that expires after ``lock_timeout`` seconds, so a
+        holder that crashed blocks nobody longer than that.
+        """
+        lock_key = None
+        if self.lock_timeout:
+            lock_key = self.keys.lock_key(lookup.entry_key)
+            if not self.backend.add(lock_key, self.lock_token, self.lock_timeout, lookup.route):
+                holder = self.backend.get_multi([lock_key], lookup.route).get(lock_key)
+                # Wait only for another process's lock. No lock to see means memcached is
+                # failing (an add fails too); our own token means a lock whose release
+                # failed (threads of this process take turns by flights, never by locks).
+                if holder is not None and holder != self.lock_token:
+                    outcome = self._wait_for_lock_holder(lookup, lock_key)
+                    if outcome is not None:
+                        return outcome
+                lock_key = None  # no holder delivered: ask ourselves, lock-free
+        try:
+            # Look once more: a thread or process that got here first may have stored the
+            # answer between our miss and our turn (it released its flight or lock since).
+            outcome = self._fresh_outcome(lookup)
+            if outcome is not None:
+                self.counters.incr("coalesced")
+                return outcome
+            outcome = create(*args)
+            if not outcome.failed:
+                record = self._store(lookup, outcome)
+                if record is not None and lookup.near_key is not None and self.near is not None:
+                    self.near.put(lookup.near_key, outcome.userid, outcome.values or {},
+                                  record[_POSITIVE], record[_EXPIRES], lookup.near_flushes)
+            return outcome
+        finally:
+            if lock_key is not None:
+                self.backend.delete(lock_key, lookup.route)
+
+    def _wait_for_lock_holder(self, lookup: _Lookup, lock_key: str) -> Outcome | None:
+        """Poll for the holder's answer until it is stored, the lock is gone (the holder
+        stored nothing: a denial without negative_ttl, or an error), or lock_timeout."""
+        self.counters.incr("lock_waits")
+        deadline = time.monotonic() + self.lock_timeout
+        while time.monotonic() < deadline:
+            time.sleep(_LOCK_POLL)
+            record, tokens = self._fetch(
+                lookup.entry_key, lookup.generation_keys, lookup.route, lock_key
+            )
+            lookup.generations = tokens[:-1]
+            outcome = _outcome_of(record)
+            if outcome is not None or tokens[-1] is None:
+                return outcome
+        return None
+
+    # ---------------------------------------------------------------- sealed entries
+
+    def _open(self, entry_key: str, raw: Any, generations: list[Any]) -> dict | None:
+        """The entry's record if it opens and belongs to the current generations."""
+        if raw is None:
+            return None
+        try:
+            record = self.sealer.open(entry_key, raw)
+            stored = record[_GENERATIONS]
+            if not isinstance(record[_EXPIRES], (int, float)):
+                raise Unsealable("bad record")
+        except (Unsealable, ValueError, KeyError, TypeError) as exc:
+            self.counters.incr("bad_values")
+            self.warn.warning("bad-value", "cache %s: ignoring a cached value that does not "
+                              "open (%s): forged, corrupted or from another secret",
+                              self.name, exc)
+            return None
+        if len(stored) != len(generations):
+            return None
+        for current, token in zip(generations, stored, strict=True):
+            if type(current) is not bytes or not hmac.compare_digest(current, token.encode()):
+                return None  # invalidated since it was stored
+        return record
+
+    def _store(self, lookup: _Lookup, outcome: Outcome) -> dict | None:
+        """Seal and store the outcome; returns the record if memcached took it."""
+        positive = outcome.positive
+        ttl = self.ttl if positive else self.negative_ttl
+        if not ttl:
+            return None
+        values = outcome.values or {}
+        unfit = [k for k, v in values.items() if not _cacheable(v)]
+        if unfit or not _cacheable(outcome.userid):
+            self.warn.warning(
+                "uncacheable", "cache %s: not caching: item(s) %s hold values that are not "
+                "plain data; set value_items to what should be cached",
+                self.name, ", ".join(sorted(unfit)) or "repoze.who.userid",
+            )
+            return None
+        # The namespace token (the first) lives until replaced; a user's token as long as
+        # the entries under it and no longer, so a flood of random denied logins leaves
+        # nothing behind that never expires.
+        tokens, kept = [], []
+        for index, (key, current) in enumerate(
+            zip(lookup.generation_keys, lookup.generations, strict=True)
+        ):
+            expire = self.store_expiry if index else 0
+            if is_token(current):
+                tokens.append(current)
+                if expire:
+                    kept.append(key)
+            else:
+                tokens.append(self._create_generation(key, lookup.route, current, expire))
+        if any(t is None for t in tokens):
+            return None  # memcached is unreachable: nothing to store into
+        record = {
+            _USERID: outcome.userid,
+            _VALUES: tag_tuples(values),
+            _EXPIRES: time.time() + ttl,
+            _GENERATIONS: [t.decode("ascii") for t in tokens],
+            _POSITIVE: positive,
+        }
+        try:
+            sealed = self.sealer.seal(lookup.entry_key, record)
+        except (TypeError, ValueError) as exc:  # _cacheable let through what JSON refuses
+            self.warn.warning("uncacheable", "cache %s: not caching: %s", self.name, exc)
+            return None
+        if not self.backend.set(lookup.entry_key, sealed, self.store_expiry, lookup.route):
+            self.counters.incr("cache_errors")
+            return None
+        for key in kept:  # the token must outlive the entry just stored under it
+            self.backend.touch(key, self.store_expiry, lookup.route)
+        return record
+
+    def _create_generation(self, key: str, route: str, current: Any, expire: int
+                           ) -> bytes | None:
+        """First use of a generation: create its token; None if another one appeared.
+
+        A token that appeared since our read may be an invalidation's, made while our
+        backend call ran: adopting it would store a pre-invalidation answer as current. So
+        a lost race stores nothing (the next miss stores under the winner's token). A token
+        that is not one of ours (garbage written into memcached) is replaced: that only
+        invalidates what was stored under it.
+        """
+        token = new_token()
+        if current is not None:
+            return token if self.backend.set(key, token, expire, route) else None
+        return token if self.backend.add(key, token, expire, route) else None
+
+    # ---------------------------------------------------------------- the near cache
+
+    def near_lookup(self, method: str, items: list) -> tuple[bytes | None, Answer | None]:
+        """The near cache's key for these items, and its answer if it may serve one now."""
+        near = self.near
+        assert near is not None
+        if time.monotonic() < self._near_check_at or self._near_usable():
+            return near.lookup(method, items)
+        return near.key(method, items), None
+
+    def _near_usable(self) -> bool:
+        """True if the invalidation epoch was read less than local_check_interval ago, or
+        is read now. While another thread reads it, this one skips the near cache rather
+        than serve an answer that the read may revoke."""
+        if time.monotonic() < self._near_check_at:
+            return True
+        if not self._near_check_lock.acquire(blocking=False):
+            return False
+        try:
+            self.check_invalidation_epoch()
+        finally:
+            self._near_check_lock.release()
+        return True
+
+    def check_invalidation_epoch(self) -> None:
+        """Flush the near cache if an invalidation happened since the last read."""
+        assert self.near is not None
+        self.counters.log_if_due()  # local hits skip the schedule check; it is made here
+        self.epoch_checked()
+        started = time.monotonic()
+        key = self.epoch_key
+        epoch = self.backend.get_multi([key], key).get(key)
+        if not is_token(epoch):
+            # Never written, evicted, memcached restarted or unreachable, or garbage: an
+            # invalidation may have been lost with it, so drop everything, and start a token
+            # that later invalidations replace (another process may have started one first).
+            self._flush_near()
+            new = new_token()
+            self._near_epoch = new if self.backend.add(key, new, 0, key) else None
+        elif epoch != self._near_epoch:
+            self._flush_near()
+            self._near_epoch = epoch
+        self._near_check_at = started + self.near.check_interval
+
+    def _flush_near(self) -> None:
+        if self.near is not None:
+            if len(self.near):
+                self.counters.incr("local_flushes")
+            self.near.flush()
+
+    # ---------------------------------------------------------------- invalidation
+
+    def invalidate_user(self, login: Any = None, userid: Any = None) -> list[str]:
+        """Make every cached entry of this user unusable at once, on every server.
+
+        ``login`` drops cached authentications (whatever passwords were used), ``userid``
+        cached metadata. Either may be None. The new token goes to every memcached server
+        (entries may have failed over to any of them). Returns the servers that could not
+        be reached: their old entries come back if they do, so invalidate again then.
+        """
+        failed: set[str] = set()
+        for kind, name in (("login", login), ("userid", userid)):
+            if name is not None:
+                key = self.keys.user_generation_key(kind, name)
+                failed.update(self._replace_generation(key))
+        failed.update(self._replace_generation(self.epoch_key))
+        self._flush_near()  # this process at once; the others within check_interval
+        self.counters.incr("invalidations")
+        return sorted(failed)
+
+    def invalidate_all(self) -> list[str]:
+        """Drop everything this region cached (not other applications' data); returns the
+        servers that could not be reached."""
+        failed = set(self._replace_generation(self.namespace_key))
+        failed.update(self._replace_generation(self.epoch_key))
+        self._flush_near()
+        self.counters.incr("invalidations")
+        return sorted(failed)
+
+    def _replace_generation(self, key: str) -> list[str]:
+        failed = self.backend.set_everywhere(key, new_token())
+        if len(failed) == len(self.backend.settings.servers):
+            raise RuntimeError(f"cache {self.name}: no memcached server could be reached "
+                               f"({', '.join(failed)}); nothing was invalidated")
+        return failed
+
+
+def _outcome_of(record: dict | None) -> Outcome | None:
+    """A fresh record as the outcome of a call (None if there is none)."""
+    if record is None or time.time() >= record[_EXPIRES]:
+        return None
+    return Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]),
+                   positive=bool(record[_POSITIVE]))
+
+
+def _cacheable(value: Any) -> bool:
+    """Plain data that survives sealing unchanged (dict keys must be str for JSON)."""
+    if isinstance(value, _SIMPLE_TYPES):
+        return not isinstance(value, float) or value == value
+    if isinstance(value, (list, tuple)):
+        return all(_cacheable(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _cacheable(v) for k, v in value.items())
+    return False
