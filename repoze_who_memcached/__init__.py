@@ -3,7 +3,11 @@ in memcached, keyed by HMAC and sealed with AES-GCM.
 
 The file list is the architecture:
 
-* ``plugin``    - the caching plugin and its ini factory: the per-request path, in one file
+* ``plugin``      - the repoze.who plugin: a thin adapter over the region, and its ini factory
+* ``region``      - the cache core: get-or-create, single flight, locks, stale serving, the
+  near cache's epochs, invalidation; it knows nothing of repoze.who
+* ``generations`` - the tokens that invalidate entries without knowing their keys
+* ``nearcache``   - answers kept in process memory (``local_ttl``)
 * ``keys``      - HMAC cache keys over a canonical encoding of identity items
 * ``sealing``   - AES-GCM sealed values bound to their key (never pickle)
 * ``backends``  - the narrow interface to python-memcached / pymemcache (never raises)
