@@ -28,7 +28,7 @@ from repoze_who_memcached.pipeline import DEFAULT_REALM, build_middleware_factor
 
 from .servers import PEOPLE_DN, READER_DN, READER_PASSWORD
 
-SECRET = "benchmark-secret-0123456789abcdefghij"
+SECRET = "8njfjWKw9fjAASRKasl2xpLIqtzdJ69MIY4oaKQ5Kv0"  # random: passes check_secret_strength
 TTL = 3600  # long enough that nothing expires during a run
 
 Wsgi = Callable[[dict, Callable[..., Any]], Iterable[bytes]]

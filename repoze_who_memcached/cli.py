@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import ipaddress
 import os
+import secrets
+import stat
 import sys
+import tempfile
 from collections.abc import Sequence
+from importlib import metadata
 
 from .backends import ServerAddress
 from .errors import ConfigError
+from .options import check_secret_strength, describe_config_parser_error
 from .plugin import CachingPlugin
 
 PROG = "repoze-who-memcached"
 OUR_FILTER_USES = {"egg:repoze_who_memcached", "egg:repoze_who_memcached#main"}
 OUR_PLUGIN_USES = {"repoze_who_memcached:make_plugin", "repoze_who_memcached.plugin:make_plugin"}
+DIST_NAME = "repoze_who_memcached"
+# Options naming a file that holds a secret or a password (``check`` looks at their modes).
+SECRET_FILE_SUFFIXES = ("secret_file", "password_file")
+# 48 random bytes, 64 URL-safe characters: far past every rule of check_secret_strength.
+GENERATED_SECRET_BYTES = 48
 SHOWN_STATS = ("version", "uptime", "curr_connections", "curr_items", "bytes", "limit_maxbytes",
                "get_hits", "get_misses", "evictions", "cmd_get", "cmd_set")
 
@@ -41,34 +52,76 @@ class LoadedSection:
 
 
 def load_sections(config: str) -> list[LoadedSection]:
+    """Our cache sections of CONFIG, built as the app builds them.
+
+    Any failure to load is a :class:`CliError` of one line that never quotes a value:
+    configparser's messages do (a ``%`` in a secret makes it print the rest of the secret),
+    so parser errors are described by section, option and line only.
+    """
     path, _, wanted = config.partition("#")
     path = os.path.abspath(path)
     if not os.path.isfile(path):
         raise CliError(f"no such file: {path}")
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    here = os.path.dirname(path)
+    # The interpolation PasteDeploy and repoze.who apply, so values read here (paths for
+    # the permission checks) are the ones the app uses.
+    parser = configparser.ConfigParser(defaults={"here": here, "__file__": path}, strict=False)
     try:
         parser.read(path, encoding="utf-8")
     except configparser.Error as exc:
-        raise CliError(f"{path}: {exc}".replace("\n", " ")) from None
-    here = os.path.dirname(path)
+        raise CliError(f"{path}: {describe_config_parser_error(exc)}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"{path}: not UTF-8 text") from None
     sections = []
     for section in parser.sections():
         kind, _, name = section.partition(":")
         if wanted and wanted not in (name, section):
             continue
-        use = parser.get(section, "use", fallback="").strip()
-        raw = dict(parser.items(section))
+        use = parser.get(section, "use", raw=True, fallback="").strip()
         if kind == "filter" and use in OUR_FILTER_USES:
-            sections.append(LoadedSection(section, _filter_plugins(path, name), raw))
+            load = _filter_plugins
         elif kind == "plugin" and use in OUR_PLUGIN_USES:
-            sections.append(LoadedSection(section, _who_ini_plugins(path, here, name), raw))
+            load = _who_ini_plugins
+        else:
+            continue
+        try:
+            raw = dict(parser.items(section))
+        except configparser.Error as exc:
+            raise CliError(f"{path}: {describe_config_parser_error(exc)}") from None
+        try:
+            plugins = load(path, here, name)
+        except Exception as exc:  # whatever the app's loaders raise: one safe line, no traceback
+            raise CliError(f"{path}: [{section}]: {safe_message(exc)}") from None
+        sections.append(LoadedSection(section, plugins, raw))
     if not sections:
         where = f"section {wanted!r}" if wanted else "any section"
         raise CliError(f"{path}: {where} is not a repoze_who_memcached filter or plugin")
     return sections
 
 
-def _filter_plugins(path: str, name: str) -> list[CachingPlugin]:
+def safe_message(exc: BaseException) -> str:
+    """One line about ``exc`` that quotes no config value.
+
+    A configparser error anywhere in its chain (our loaders re-raise them as ConfigError
+    ``from None``, which keeps the original as ``__context__``) is described by
+    :func:`describe_config_parser_error` instead of by its own message.
+    """
+    if isinstance(exc, CliError):  # ours: made safe where it was raised
+        return " ".join(str(exc).split()) or type(exc).__name__
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, configparser.Error):
+            return describe_config_parser_error(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    text = " ".join(str(exc).split())
+    if isinstance(exc, ConfigError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _filter_plugins(path: str, here: str, name: str) -> list[CachingPlugin]:
     from paste.deploy import loadfilter
 
     factory = loadfilter(f"config:{path}", name=name)
@@ -88,9 +141,13 @@ def weak_settings(section: LoadedSection, plugin: CachingPlugin) -> list[str]:
     raw = section.raw
     warnings = []
     if "secret" in raw:
-        warnings.append("the secret is written in the config; prefer secret_file (mode 0600)")
-        if len(raw["secret"].encode()) < 32:
-            warnings.append("the secret is under 32 bytes; use secrets.token_urlsafe(32)")
+        warnings.append("the secret is written in the config; prefer secret_file (mode 0600, "
+                        f"made by `{PROG} generate-secret FILE`)")
+    for option, value in sorted(raw.items()):
+        if option.endswith(SECRET_FILE_SUFFIXES) and value.strip():
+            warning = _exposed_file_warning(option, value.strip())
+            if warning:
+                warnings.append(warning)
     caches_logins = plugin.authenticator is not None or bool(plugin.authenticator_name)
     if caches_logins and plugin.key_items and "password" not in plugin.key_items:
         warnings.append(f"key_items = {' '.join(plugin.key_items)}: the password does not key "
@@ -111,6 +168,24 @@ def weak_settings(section: LoadedSection, plugin: CachingPlugin) -> list[str]:
         warnings.append(f"socket_timeout = {plugin.backend.settings.socket_timeout}s: a hung "
                         "memcached delays requests that long")
     return warnings
+
+
+def _exposed_file_warning(option: str, value: str) -> str | None:
+    """A warning when the file ``option`` names can be read or changed by group or others.
+
+    Anyone who reads the cache secret can forge cache entries (log in as anyone); anyone who
+    can change it can lock every server out. The path is resolved as the loaders resolve it.
+    """
+    path = os.path.expanduser(value)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None  # loading would already have failed if the app needed it
+    who = [name for name, bits in (("group", 0o070), ("others", 0o007)) if mode & bits]
+    if not who:
+        return None
+    return (f"{option} {path} can be read or changed by {' and '.join(who)} (mode "
+            f"{mode:04o}): chmod 600 {path}")
 
 
 def _is_local(server: ServerAddress) -> bool:
@@ -197,6 +272,57 @@ def cmd_flush(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_generate_secret(args: argparse.Namespace) -> int:
+    """Write a fresh random secret to PATH, readable by its owner only; never print it."""
+    path = os.path.abspath(os.path.expanduser(args.path))
+    secret = secrets.token_urlsafe(GENERATED_SECRET_BYTES)
+    check_secret_strength(secret, "the generated secret")  # holds for every token we make
+    data = (secret + "\n").encode("ascii")
+    if args.force:
+        _replace_file(path, data)
+    else:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise CliError(f"{path} exists: not replaced (--force replaces it; every server "
+                           "sharing the cache then needs the new file)") from None
+        _write_all(fd, data)
+    print(f"wrote a new secret to {path} (mode 0600). Point secret_file at it; every server "
+          "sharing the cache needs a copy of this same file.")
+    return 0
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write, force mode 0600 whatever the umask did, flush to disk, close."""
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """Replace ``path`` atomically: a new 0600 file beside it, renamed over it."""
+    fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".secret-")
+    try:
+        _write_all(fd, data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def package_version() -> str:
+    try:
+        return metadata.version(DIST_NAME)
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -208,10 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
             "cache of every app server sharing it. Examples:\n"
             f"  {PROG} check production.ini\n"
             f"  {PROG} invalidate production.ini#auth alice bob\n"
-            f"  {PROG} flush who.ini"
+            f"  {PROG} flush who.ini\n"
+            f"  {PROG} generate-secret /etc/myapp/cache-secret"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     check = commands.add_parser(
@@ -245,6 +373,17 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("config", metavar="CONFIG")
     stats.add_argument("--all", action="store_true", help="every statistic, not a selection")
     stats.set_defaults(func=cmd_stats)
+
+    generate = commands.add_parser(
+        "generate-secret", help="write a new random cache secret to a file (mode 0600)",
+        description="Write a new random secret (64 URL-safe characters, 384 bits) to PATH, "
+        "created with mode 0600; an existing file is never overwritten unless --force. The "
+        "secret is never printed. Point secret_file at PATH and copy the same file to every "
+        "server sharing the cache.")
+    generate.add_argument("path", metavar="PATH")
+    generate.add_argument("--force", action="store_true",
+                          help="replace PATH if it exists (atomically)")
+    generate.set_defaults(func=cmd_generate_secret)
     return parser
 
 
@@ -253,9 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ConfigError, RuntimeError, OSError, LookupError) as exc:
-        message = str(exc).replace("\n", " ") or type(exc).__name__
-        print(f"{PROG}: error: {message}", file=sys.stderr)
+    except (CliError, ConfigError, configparser.Error, RuntimeError, OSError,
+            LookupError) as exc:
+        print(f"{PROG}: error: {safe_message(exc)}", file=sys.stderr)
         return 2
 
 

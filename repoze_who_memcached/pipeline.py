@@ -36,7 +36,7 @@ logger = logging.getLogger("repoze_who_memcached")
 
 # Plugins the filter knows by name; ``plugin.NAME = module:factory`` adds others.
 BUILTIN_PLUGINS = {
-    "basicauth": "repoze.who.plugins.basicauth:make_plugin",
+    "basicauth": "repoze_who_memcached.basicauth:make_plugin",
     "auth_tkt": "repoze.who.plugins.auth_tkt:make_plugin",
     "redirector": "repoze.who.plugins.redirector:make_plugin",
 }

@@ -14,7 +14,8 @@ from repoze_who_memcached.testing import MemcachedServer
 if importlib.util.find_spec("ldap_fixtures"):  # TEMP until the LDAP fixtures land
     pytest_plugins = ["ldap_fixtures"]
 
-SECRET = "test-secret-0123456789abcdef"
+# Public test data: random (secrets.token_urlsafe(32)) so it passes check_secret_strength.
+SECRET = "IobSBXZHmgvdPg3f2ffxsLHkCFkwV77iBDYVJh7dsXU"
 
 
 def run_at_once(count: int, work: Callable[[], Any]) -> list[Any]:

@@ -229,7 +229,7 @@ def test_moved_value_does_not_open(memcached):
 def test_another_secret_cannot_read_entries(memcached):
     backend = CountingAuthenticator()
     login(plugin_for(memcached, backend))
-    other = plugin_for(memcached, backend, secret="another-secret-0123456789")
+    other = plugin_for(memcached, backend, secret="iK3bzLxOzuwPlcKarS2sv3eUQ5aJmkzLJ05ub8P-U7U")
     assert login(other)[0] == "user:alice"
     assert backend.calls == 2
 

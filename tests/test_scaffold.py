@@ -326,7 +326,7 @@ def test_every_ini_loads_with_the_real_factories(hostile_project):
         assert callable(loadfilter(f"config:{hostile_project / ini}", name="auth"))
     secrets_dir = hostile_project / "secrets"
     secrets_dir.mkdir()
-    (secrets_dir / "cache-secret").write_text("x" * 43 + "\n")
+    (secrets_dir / "cache-secret").write_text("rj-2iRTL7b8AuVO8manqx6Ff20u4MRr12Vb8Zx6ZCGI\n")
     (secrets_dir / "ldap-bind-password").write_text("service-password\n")
     try:
         assert callable(loadfilter(f"config:{hostile_project / 'production.ini'}", name="auth"))
