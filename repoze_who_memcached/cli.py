@@ -91,7 +91,10 @@ def load_sections(config: str) -> list[LoadedSection]:
         try:
             plugins = load(path, here, name)
         except Exception as exc:  # whatever the app's loaders raise: one safe line, no traceback
-            raise CliError(f"{path}: [{section}]: {safe_message(exc)}") from None
+            located = isinstance(exc, ConfigError) and exc.section  # our loaders say where
+            where = "" if located and path in str(exc.section) else (
+                f"{path}: " if located else f"{path}: [{section}]: ")
+            raise CliError(f"{where}{safe_message(exc)}") from None
         sections.append(LoadedSection(section, plugins, raw))
     if not sections:
         where = f"section {wanted!r}" if wanted else "any section"

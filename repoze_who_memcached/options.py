@@ -152,21 +152,23 @@ class Options:
         if path is not None:
             path = os.path.expanduser(str(path).strip())
             inline = self._read_secret_file(file_name, path)
-            label = f"{self.where}: option {file_name!r} ({path})"
+            label = f"{file_name} ({path})"
         else:
-            label = f"{self.where}: option {name!r}"
+            label = name
             if isinstance(inline, str):
                 inline = inline.strip()
         if not inline:
             if required:
-                raise ConfigError(
-                    f"{self.where}: option {name!r} is required (or {file_name!r}) and has no "
-                    f"default; every server sharing the cache must use the same value; "
-                    f"{GENERATE_ADVICE}"
+                raise self.error(
+                    name, f"is required (or {file_name!r}) and has no default; every server "
+                    f"sharing the cache must use the same value; {GENERATE_ADVICE}"
                 )
             return None
         if min_bytes > 0:
-            check_secret_strength(inline, label, max(min_bytes, MIN_STRONG_SECRET_BYTES))
+            try:
+                check_secret_strength(inline, label, max(min_bytes, MIN_STRONG_SECRET_BYTES))
+            except ConfigError as exc:
+                raise exc.in_section(self.section) if self.section else exc from None
         return inline
 
     def _read_secret_file(self, file_name: str, path: str) -> str:
@@ -350,7 +352,7 @@ def check_secret_strength(secret: bytes | str, label: str,
 
     Required: at least ``min_bytes`` bytes (UTF-8), at least MIN_DISTINCT_CHARACTERS
     different characters, and :func:`estimate_secret_bits` of at least MIN_SECRET_BITS.
-    ``label`` names the option in the message (``[plugin:cache]: option 'secret'``); the
+    ``label`` names the option in the message (``secret``, or ``secret_file (PATH)``); the
     message says which rule failed and how to make a good secret, and never contains the
     secret or any part of it.
     """
@@ -373,7 +375,7 @@ def check_secret_strength(secret: bytes | str, label: str,
                    "runs such as abcd or 1234, or too few kinds of characters)")
     else:
         return
-    raise ConfigError(f"{label} {problem}; {GENERATE_ADVICE}")
+    raise ConfigError(f"{problem}; {GENERATE_ADVICE}", option=label)
 
 
 def describe_config_parser_error(exc: configparser.Error) -> str:

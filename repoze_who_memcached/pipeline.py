@@ -29,7 +29,7 @@ from repoze.who.interfaces import IAuthenticator, IChallenger, IIdentifier
 from repoze.who.middleware import PluggableAuthenticationMiddleware
 
 from .errors import ConfigError
-from .options import Options, build_plugin, resolve_object
+from .options import Options, build_plugin, describe_config_parser_error, resolve_object
 from .plugin import CachingPlugin, make_plugin
 
 logger = logging.getLogger("repoze_who_memcached")
@@ -132,8 +132,9 @@ def load_who_config(path: str, here: str | None = None) -> WhoConfig:
     except ConfigError as exc:
         section = _failing_plugin_section(path, parser)
         raise exc.in_section(f"{path}: {section}" if section else path) from None
-    except (configparser.Error, ImportError, AttributeError, ValueError, TypeError,
-            KeyError) as exc:
+    except configparser.Error as exc:  # its messages quote values: secrets, passwords
+        raise ConfigError(describe_config_parser_error(exc), section=path) from None
+    except (ImportError, AttributeError, ValueError, TypeError, KeyError) as exc:
         section = _failing_plugin_section(path, parser)
         where = f"{path}: {section}" if section else path
         raise ConfigError(f"{type(exc).__name__}: {exc}", section=where) from None

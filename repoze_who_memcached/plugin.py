@@ -24,7 +24,7 @@ from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import is_encodable, plugin_fingerprint
 from .nearcache import Answer, NearCache
-from .options import Options, build_plugin
+from .options import Options, build_plugin, check_secret_strength
 from .region import CacheRegion, Outcome
 
 logger = logging.getLogger("repoze_who_memcached")
@@ -39,7 +39,7 @@ ENVIRON_KEY = "repoze_who_memcached.cache"
 outcome one of hit, negative_hit, local_hit, local_negative_hit (from the near cache), miss,
 stale, error, uncached (the demo app shows it)."""
 
-MIN_SECRET_BYTES = 16
+MIN_SECRET_BYTES = 32  # and not guessable: options.check_secret_strength
 _SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
 
 
@@ -78,8 +78,7 @@ class CachingPlugin:
     ) -> None:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
-        if len(secret) < MIN_SECRET_BYTES:
-            raise ConfigError(f"at least {MIN_SECRET_BYTES} bytes", option="secret")
+        check_secret_strength(secret, "secret")
         # With neither a plugin nor a name to find one by, this plugin would silently do
         # nothing: refuse it at load time.
         if not (authenticator or mdprovider or authenticator_name or mdprovider_name):

@@ -100,7 +100,7 @@ def test_pipeline_bad_config_fails_at_load(tmp_path, memcached, extra, message):
 
 def test_pipeline_without_secret_fails(tmp_path, memcached):
     ini = write_ini(tmp_path, PIPELINE_INI.format(url=memcached.url, secret="", extra=""))
-    with pytest.raises(ConfigError, match="'secret' is required"):
+    with pytest.raises(ConfigError, match="'secret': is required"):
         loadapp(f"config:{ini}")
 
 

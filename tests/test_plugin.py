@@ -373,9 +373,9 @@ def test_uncacheable_values_are_not_cached_but_answer(memcached):
 
 
 def test_secret_is_required():
-    with pytest.raises(ConfigError, match="'secret' is required"):
+    with pytest.raises(ConfigError, match="'secret': is required"):
         make_plugin(authenticator_name="x")
-    with pytest.raises(ConfigError, match="'secret' is required"):
+    with pytest.raises(ConfigError, match="'secret': is required"):
         make_plugin(authenticator_name="x", secret="   ")
     with pytest.raises(ConfigError, match="too short"):
         make_plugin(authenticator_name="x", secret="short")

@@ -44,7 +44,7 @@ MESSAGE_RULES = (
     rf"|is too easy to guess \(estimated under {MIN_SECRET_BITS} bits: repeats, runs such as "
     r"abcd or 1234, or too few kinds of characters\)"
 )
-MESSAGE = re.compile(rf"LABEL ({MESSAGE_RULES}); make one with `repoze-who-memcached "
+MESSAGE = re.compile(rf"option 'LABEL': ({MESSAGE_RULES}); make one with `repoze-who-memcached "
                      r"generate-secret FILE` and point secret_file at FILE")
 
 
@@ -120,13 +120,13 @@ def test_a_refusal_never_quotes_the_secret(secret):
 
 def test_make_plugin_refuses_a_weak_inline_or_file_secret(tmp_path):
     weak = "Password123!Password123!Password123!"
-    with pytest.raises(ConfigError, match="option 'secret' is too easy") as info:
+    with pytest.raises(ConfigError, match="option 'secret': is too easy") as info:
         make_plugin(authenticator_name="x", secret=weak)
     assert "Password" not in str(info.value)
     assert "generate-secret" in str(info.value)
     path = tmp_path / "secret"
     path.write_text(weak + "\n")
-    with pytest.raises(ConfigError, match=r"option 'secret_file' \(.*secret\) is too easy") as info:
+    with pytest.raises(ConfigError, match=r"'secret_file \(.*secret\)': is too easy") as info:
         make_plugin(authenticator_name="x", secret_file=str(path))
     assert "Password" not in str(info.value)
 
@@ -281,7 +281,7 @@ def test_cli_refuses_a_weak_secret_without_showing_it(tmp_path, memcached):
     ini = app_ini(tmp_path, memcached.url, "secret = Password123!Password123!Password123!")
     status, output = run_main("check", str(ini))
     assert status == 2
-    assert "option 'secret' is too easy to guess" in output
+    assert "option 'secret': is too easy to guess" in output
     assert "generate-secret" in output and "Password" not in output
 
 
