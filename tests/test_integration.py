@@ -18,10 +18,10 @@ from repoze.who.api import APIFactory
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.config import WhoConfig
 from repoze.who.config import make_api_factory_with_config as stock_api_factory_with_config
-from repoze.who.plugins.basicauth import BasicAuthPlugin
 from webtest import TestApp
 
 from repoze_who_memcached import CachingPlugin, make_plugin
+from repoze_who_memcached.basicauth import BasicAuthPlugin
 from repoze_who_memcached.ldap import make_authenticator
 from repoze_who_memcached.pipeline import make_api_factory_with_config
 from repoze_who_memcached.plugin import ENVIRON_KEY
@@ -29,7 +29,7 @@ from repoze_who_memcached.plugin import ENVIRON_KEY
 # The README's who.ini of the 2011 style: the wrapped plugin listed as ``ldap;unused``.
 WHO_2011 = """
     [plugin:basicauth]
-    use = repoze.who.plugins.basicauth:make_plugin
+    use = repoze_who_memcached.basicauth:make_plugin
     realm = example
 
     [plugin:ldap]
