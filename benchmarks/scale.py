@@ -94,6 +94,13 @@ class DictBackend:
     def touch(self, key: str, *args: Any, **kwargs: Any) -> bool:
         return key in self.items
 
+    def incr(self, key: str, delta: int, *args: Any, **kwargs: Any) -> int | None:
+        if key not in self.items:
+            return None
+        value = max(0, int(self.items[key]) + delta)
+        self.items[key] = str(value).encode()
+        return value
+
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         self.items[key] = value
         return []

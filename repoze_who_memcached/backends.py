@@ -150,6 +150,11 @@ class CacheBackend(ABC):
     def delete(self, key: str, route: str) -> bool: ...
 
     @abstractmethod
+    def incr(self, key: str, delta: int, route: str) -> int | None:
+        """Add ``delta`` (negative: subtract, memcached stops at 0) to a counter stored as
+        ASCII digits; its new value, or None when the key is absent or on error."""
+
+    @abstractmethod
     def touch(self, key: str, expire: int, route: str) -> bool:
         """Give an existing key a new expiry, keeping its value (generation tokens live as
         long as the entries stored under them, and no longer)."""
@@ -331,6 +336,14 @@ class PythonMemcachedBackend(CacheBackend):
     def delete(self, key: str, route: str) -> bool:
         target = (_route_hash(route), key)
         return bool(self._guard("delete", False, lambda: self._client.delete(target)))
+
+    def incr(self, key: str, delta: int, route: str) -> int | None:
+        target = (_route_hash(route), key)
+        client = self._client
+        call = (lambda: client.incr(target, delta)) if delta >= 0 else (
+            lambda: client.decr(target, -delta))
+        value = self._guard("incr", None, call)
+        return int(value) if value is not None else None
 
     def touch(self, key: str, expire: int, route: str) -> bool:
         target, expiry = (_route_hash(route), key), memcached_expiry(expire)
@@ -563,6 +576,15 @@ class PymemcacheBackend(CacheBackend):
 
     def delete(self, key: str, route: str) -> bool:
         return bool(self._run(route, "delete", False, lambda c: c.delete(key, noreply=False)))
+
+    def incr(self, key: str, delta: int, route: str) -> int | None:
+        def call(client: Any) -> Any:
+            if delta >= 0:
+                return client.incr(key, delta, noreply=False)
+            return client.decr(key, -delta, noreply=False)
+
+        value = self._run(route, "incr", None, call)
+        return int(value) if value is not None else None
 
     def touch(self, key: str, expire: int, route: str) -> bool:
         expiry = memcached_expiry(expire)

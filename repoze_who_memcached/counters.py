@@ -30,6 +30,10 @@ COUNTER_NAMES = (
     "lock_waits",
     "coalesced",
     "invalidations",
+    "shield_refusals",
+    "refreshes",
+    "password_changes",
+    "rotated_hits",
 )
 
 

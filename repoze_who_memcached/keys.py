@@ -241,6 +241,26 @@ class KeyMaker:
             self._user_keys[memo_key] = key
         return key
 
+    def login_key(self, label: str, login: Any) -> str:
+        """Key of a per-login record (``label``: ``credential-stamp``, ``failures``), by
+        the login's :func:`ldap_normal_form` like the user's generation key."""
+        folded = ldap_normal_form(login) if isinstance(login, str) else login
+        out: list[bytes] = [b"login\0"]
+        encode_value(label, out)
+        encode_value(folded, out)
+        return self._key(b"".join(out))
+
+    def credential_stamp(self, login: Any, credential: Any) -> bytes:
+        """A keyed digest of a login's credential: stored to tell, on the next successful
+        backend answer, whether the password changed. Without the secret it tells nothing,
+        and it is never a memcached key (its label is no key's)."""
+        folded = ldap_normal_form(login) if isinstance(login, str) else login
+        out: list[bytes] = [b"credential-stamp\0"]
+        encode_value(folded, out)
+        encode_value(credential, out)
+        digest = binascii.b2a_base64(self.mac(b"".join(out)), newline=False).translate(_URLSAFE)
+        return digest[:22]
+
     def namespace_generation_key(self) -> str:
         return self._key(b"namespace-generation\0")
 

@@ -26,6 +26,7 @@ from .keys import is_encodable, plugin_fingerprint
 from .nearcache import Answer, NearCache
 from .options import Options, build_plugin, check_secret_strength
 from .region import CacheRegion, Outcome
+from .shield import LockoutShield
 
 logger = logging.getLogger("repoze_who_memcached")
 
@@ -75,6 +76,12 @@ class CachingPlugin:
         local_ttl: float = 0,
         local_max_entries: int = 10_000,
         local_check_interval: float = 1.0,
+        password_item: str | None = "password",  # noqa: S107 - an item's name
+        max_failures: int = 0,
+        failure_window: int = 300,
+        refresh_ahead: float = 0.0,
+        ttl_jitter: float = 0.1,
+        previous_secrets: Iterable[str | bytes] = (),
     ) -> None:
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
@@ -100,8 +107,14 @@ class CachingPlugin:
         self.region = CacheRegion(
             secret=secret, backend=backend, counters=self.counters, ttl=ttl,
             negative_ttl=negative_ttl, stale_ttl=stale_ttl, lock_timeout=lock_timeout,
-            key_prefix=key_prefix, near=near,
+            key_prefix=key_prefix, near=near, ttl_jitter=ttl_jitter,
+            refresh_ahead=refresh_ahead,
+            previous_secrets=[p.encode("utf-8") if isinstance(p, str) else p
+                              for p in previous_secrets],
         )
+        self.password_item = password_item or None
+        self.shield = (LockoutShield(self.region.keys, backend, self.counters, max_failures,
+                                     failure_window) if max_failures else None)
         self.region.epoch_checked = self._refresh_debug_flag
         self._entry_heads: dict[str, bytes] = {}
         self.authenticator = _as_plugin(authenticator, IAuthenticator, "authenticator")
@@ -247,14 +260,17 @@ class CachingPlugin:
                     return self._restore_near(environ, identity, AUTHENTICATE, answer)
             items = self._authenticate_items(identity)
             if items is not None:
-                user_key = self.region.user_key("login", identity.get(self.login_item))
+                credential = identity.get(self.password_item) if self.password_item else None
                 return self._cached_call(environ, identity, AUTHENTICATE, wrapped.authenticate,
-                                         items, user_key, near_key)
+                                         items, ("login", identity.get(self.login_item)),
+                                         near_key, credential)
         except Exception:  # a bug of ours must not become a 500: answer uncached
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
             return self._call_backend(wrapped.authenticate, environ, identity).userid
         self._record(environ, AUTHENTICATE, "uncached")
-        return self._call_backend(wrapped.authenticate, environ, identity).userid
+        # Uncached, but still a login: the lockout shield counts it like any other.
+        outcome = self._call_wrapped(AUTHENTICATE, wrapped.authenticate, environ, identity)
+        return outcome.userid
 
     # ---------------------------------------------------------------- IMetadataProvider
 
@@ -277,10 +293,8 @@ class CachingPlugin:
                 if answer is not None:
                     self._restore_near(environ, identity, ADD_METADATA, answer)
                     return
-            user_key = self.region.user_key("userid", userid)
-            self._cached_call(
-                environ, identity, ADD_METADATA, wrapped.add_metadata, items, user_key, near_key
-            )
+            self._cached_call(environ, identity, ADD_METADATA, wrapped.add_metadata, items,
+                              ("userid", userid), near_key)
         except Exception:
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
             self._call_backend(wrapped.add_metadata, environ, identity)
@@ -311,11 +325,11 @@ class CachingPlugin:
         return items if is_encodable(items) else None
 
     def _cached_call(self, environ: dict, identity: dict, method: str, call: Any,
-                     items: list[tuple[str, Any]], user_key: str | None,
-                     near_key: bytes | None = None) -> Any:
+                     items: list[tuple[str, Any]], user: tuple[str, Any],
+                     near_key: bytes | None = None, credential: Any = None) -> Any:
         outcome, userid, values = self.region.get_or_create(
-            self._entry_heads[method], items, user_key, near_key,
-            self._call_wrapped, method, call, environ, identity,
+            self._entry_heads[method], items, user, near_key,
+            self._call_wrapped, method, call, environ, identity, credential=credential,
         )
         self._record(environ, method, outcome)
         if values:
@@ -324,9 +338,20 @@ class CachingPlugin:
 
     def _call_wrapped(self, method: str, call: Any, environ: dict, identity: dict) -> Outcome:
         """The region's ``create``: ask the wrapped plugin; what it added to the identity
-        is the answer's values."""
+        is the answer's values. Logins pass the lockout shield first (``max_failures``)."""
+        shield_key = route = None
+        if self.shield is not None and method == AUTHENTICATE:
+            login = identity.get(self.login_item)
+            route = self.region.user_key("login", login)
+            if route is not None:
+                shield_key = self.shield.admit(login, route)
+                if shield_key is None:
+                    return Outcome(refused=True)
         before = dict(identity)
         outcome = self._call_backend(call, environ, identity)
+        if shield_key is not None and route is not None:
+            self.shield.answered(shield_key, route,
+                                 None if outcome.failed else outcome.userid is not None)
         if not outcome.failed:
             outcome.values = self._added_values(before, identity)
             outcome.positive = method == ADD_METADATA or outcome.userid is not None
@@ -473,6 +498,12 @@ def _make_plugin(opts: Options) -> CachingPlugin:
         local_max_entries=opts.int("local_max_entries", 10_000, minimum=1, maximum=10_000_000),
         local_check_interval=opts.float("local_check_interval", 1.0, minimum=0.01,
                                         maximum=3600),
+        password_item=opts.str("password_item", "password") or None,
+        max_failures=opts.int("max_failures", 0, minimum=0, maximum=1_000_000),
+        failure_window=opts.int("failure_window", 300, minimum=1, maximum=30 * 24 * 3600),
+        refresh_ahead=opts.float("refresh_ahead", 0.0, minimum=0.0, maximum=0.9),
+        ttl_jitter=opts.float("ttl_jitter", 0.1, minimum=0.0, maximum=0.5),
+        previous_secrets=_previous_secrets(opts),
     )
     if authenticator is not None and kwargs["authenticator_name"]:
         raise opts.error("authenticator", "give 'authenticator' or 'authenticator_name', not both")
@@ -492,6 +523,26 @@ def _make_plugin(opts: Options) -> CachingPlugin:
     if prometheus and not register_prometheus(plugin.counters):
         raise opts.error("prometheus", "prometheus_client is not installed")
     return plugin
+
+
+def _previous_secrets(opts: Options) -> list[str]:
+    """``previous_secrets`` (inline, whitespace-separated) and ``previous_secret_files``:
+    the secrets being rotated out. They are only read with, so a shorter secret of an older
+    release is accepted here (16 bytes at least); the current ``secret`` must be strong."""
+    found = [(f"previous_secrets[{i}]", s) for i, s in enumerate(
+        opts.list("previous_secrets", []) or [])]
+    for path in opts.list("previous_secret_files", []) or []:
+        path = os.path.expanduser(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                found.append((f"previous_secret_files ({path})", f.read().strip()))
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "not UTF-8 text"
+            raise opts.error("previous_secret_files", f"cannot read {path!r}: {why}") from None
+    for label, secret in found:
+        if len(secret.encode("utf-8")) < 16:
+            raise opts.error(label, "is too short to be a secret of ours (under 16 bytes)")
+    return [secret for _, secret in found]
 
 
 def _registry(environ: dict) -> Mapping[str, Any]:

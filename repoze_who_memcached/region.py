@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hmac
 import logging
+import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,17 +47,36 @@ class Outcome:
 
     ``positive``: an answer to cache for ``ttl`` (else a denial, for ``negative_ttl``).
     ``failed``: the backend could not answer; nothing is cached and a stale answer may do.
+    ``refused``: the caller declined to ask (the lockout shield): a denial, not cached.
     """
 
     userid: Any = None
     values: dict[str, Any] | None = None
     failed: bool = False
     positive: bool = False
+    refused: bool = False
 
 
 Result = tuple[str, Any, dict[str, Any] | None]
 """What :meth:`CacheRegion.get_or_create` returns: (outcome, userid, values), outcome one
-of hit, negative_hit, miss, stale, error; values are the caller's own to change."""
+of hit, negative_hit, miss, stale, error, refused; values are the caller's own to change."""
+
+_MAX_PENDING_REFRESHES = 256  # refresh-ahead calls queued at once; more are skipped
+
+
+@dataclass(frozen=True)
+class _SecretKeys:
+    """Keys and sealing under one previous secret (``previous_secrets``)."""
+
+    keys: KeyMaker
+    sealer: Sealer
+    namespace_key: str
+
+
+def _copy_dicts(args: tuple) -> tuple:
+    """A refresh runs after its request is answered: it gets its own environ and identity
+    (shallow copies), so neither side sees the other's changes."""
+    return tuple(dict(a) if isinstance(a, dict) else a for a in args)
 
 
 @dataclass
@@ -68,6 +89,8 @@ class _Lookup:
     generations: list[Any]  # the tokens as last read
     near_key: bytes | None = None  # where the near cache keeps the answer (None: it doesn't)
     near_flushes: int = 0  # the near cache's flush count before the first read
+    user: tuple[str, Any] | None = None  # (kind, name) of the user who owns the entry
+    credential: Any = None  # what a login proved with (the latest password wins)
 
 
 class _Flight:
@@ -93,6 +116,9 @@ class CacheRegion:
         lock_timeout: int = 0,
         key_prefix: str = "",
         near: NearCache | None = None,
+        ttl_jitter: float = 0.0,
+        refresh_ahead: float = 0.0,
+        previous_secrets: Iterable[bytes] = (),
     ) -> None:
         self.backend = backend
         self.counters = counters
@@ -104,6 +130,12 @@ class CacheRegion:
         # (sealed inside it) says when it stops being served.
         self.store_expiry = max(ttl + stale_ttl, negative_ttl)
         self.lock_timeout = lock_timeout
+        self.ttl_jitter = ttl_jitter
+        # A positive hit with less than this many seconds left is re-checked in the
+        # background (refresh-ahead), answered from the cache meanwhile.
+        self.refresh_window = refresh_ahead * ttl
+        self._refreshing: set[str] = set()
+        self._refresher: ThreadPoolExecutor | None = None
         self.keys = KeyMaker(secret, key_prefix)
         self.sealer = Sealer(secret)
         self.namespace_key = self.keys.namespace_generation_key()
@@ -117,17 +149,22 @@ class CacheRegion:
         self.lock_token = new_token()  # marks the memcached locks this region takes
         self.warn = RateLimitedLog(logger)
         self.epoch_checked: Callable[[], None] = lambda: None  # called at each epoch check
+        self.previous = [
+            _SecretKeys(maker, Sealer(old), maker.namespace_generation_key())
+            for old in previous_secrets
+            for maker in [KeyMaker(old, key_prefix)]
+        ]
 
     @property
     def name(self) -> str:
         return self.counters.name
 
-    def user_key(self, kind: str, name: Any) -> str | None:
+    def user_key(self, kind: str, name: Any, keys: KeyMaker | None = None) -> str | None:
         """The generation key of the user ``name`` (None: no user, or not encodable)."""
         if name is None:
             return None
         try:
-            return self.keys.user_generation_key(kind, name)
+            return (keys or self.keys).user_generation_key(kind, name)
         except (Unencodable, RecursionError, ValueError):
             return None
 
@@ -137,16 +174,24 @@ class CacheRegion:
         self,
         head: bytes,
         items: Sequence[tuple[str, Any]],
-        user_key: str | None,
+        user: tuple[str, Any] | None,
         near_key: bytes | None,
         create: Callable[..., Outcome],
         *args: Any,
+        credential: Any = None,
     ) -> Result:
         """The answer for ``items`` (keyed under ``head``, from ``KeyMaker.entry_head``):
-        from memcached if a current one is there, else ``create(*args)``, stored."""
+        from memcached if a current one is there, else ``create(*args)``, stored.
+
+        ``user``: (kind, name) of the user the answer belongs to, for invalidation (None:
+        only a flush drops it). ``credential`` (with a ``login`` user): what the user proved
+        with; when a success arrives with another credential than the last one stored, the
+        user's other entries stop being used (the latest password wins).
+        """
         near = self.near if near_key is not None else None
         near_flushes = near.flushes if near is not None else 0
         entry_key = self.keys.entry_key("", items, head)
+        user_key = self.user_key(*user) if user is not None else None
         if user_key:
             generation_keys, route = [self.namespace_key, user_key], user_key
         else:
@@ -154,17 +199,24 @@ class CacheRegion:
         # All of a user's keys live on one server: one round trip, whatever the cluster.
         record, generations = self._fetch(entry_key, generation_keys, route)
         now = time.time()
+        lookup = _Lookup(entry_key, route, generation_keys, generations, near_key, near_flushes,
+                         user, credential)
+        if record is None and self.previous:
+            record = self._rotated(lookup, head, items, user)
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
             self.counters.incr("hits" if positive else "negative_hits")
             if near is not None:
                 near.put(near_key, record.get(_USERID), record[_VALUES], positive,
                          record[_EXPIRES], near_flushes)
+            if positive and record[_EXPIRES] - now < self.refresh_window:
+                self._refresh_soon(lookup, create, args)
             return ("hit" if positive else "negative_hit"), record.get(_USERID), record[_VALUES]
 
         self.counters.incr("misses")
-        lookup = _Lookup(entry_key, route, generation_keys, generations, near_key, near_flushes)
         outcome = self._coalesced_call(lookup, create, args)
+        if outcome.refused:
+            return "refused", None, None
         if outcome.failed:
             if record is not None and record[_POSITIVE] and now < record[_EXPIRES] + self.stale_ttl:
                 self.counters.incr("stale_served")
@@ -189,6 +241,117 @@ class CacheRegion:
         generations = [found.get(k) for k in generation_keys]
         record = self._open(entry_key, found.get(entry_key), generations)
         return record, generations + [found.get(k) for k in also]
+
+    def _rotated(self, lookup: _Lookup, head: bytes, items: Sequence[tuple[str, Any]],
+                 user: tuple[str, Any] | None) -> dict | None:
+        """An entry stored under a previous secret (``previous_secrets``), re-stored under
+        the current one with the expiry it had; None if there is none.
+
+        Only on a miss under the current secret, while previous secrets are listed: one
+        more round trip per previous secret, to the server that secret routed the user to.
+        """
+        for old in self.previous:
+            entry_key = old.keys.entry_key("", items, head)
+            user_key = self.user_key(*user, keys=old.keys) if user is not None else None
+            keys = [old.namespace_key, user_key] if user_key else [old.namespace_key]
+            route = user_key or entry_key
+            found = self.backend.get_multi([entry_key, *keys], route)
+            raw = found.get(entry_key)
+            if raw is None:
+                continue
+            record = self._open(entry_key, raw, [found.get(k) for k in keys], old.sealer)
+            if record is None or time.time() >= record[_EXPIRES]:
+                continue
+            self.counters.incr("rotated_hits")
+            outcome = Outcome(record.get(_USERID), dict(record[_VALUES]),
+                              positive=bool(record[_POSITIVE]))
+            self._store(lookup, outcome, expires=record[_EXPIRES])
+            return record
+        return None
+
+    def _refresh_soon(self, lookup: _Lookup, create: Callable[..., Outcome],
+                      args: tuple) -> None:
+        """Refresh-ahead: re-check an entry near its end in the background, once per
+        process (a set of keys) and once in the cluster (the memcached lock)."""
+        with self._flights_lock:
+            if lookup.entry_key in self._refreshing or (
+                    len(self._refreshing) >= _MAX_PENDING_REFRESHES):
+                return
+            self._refreshing.add(lookup.entry_key)
+            if self._refresher is None:
+                self._refresher = ThreadPoolExecutor(
+                    max_workers=2, thread_name_prefix="repoze_who_memcached-refresh")
+        try:
+            self._refresher.submit(self._refresh, lookup, create, _copy_dicts(args))
+        except RuntimeError:  # interpreter shutting down
+            with self._flights_lock:
+                self._refreshing.discard(lookup.entry_key)
+
+    def _refresh(self, lookup: _Lookup, create: Callable[..., Outcome], args: tuple) -> None:
+        lock_key = self.keys.lock_key(lookup.entry_key)
+        try:
+            if not self.backend.add(lock_key, self.lock_token, max(self.lock_timeout, 10),
+                                    lookup.route):
+                return  # another process refreshes it (or memcached fails)
+            try:
+                outcome = create(*args)
+                if outcome.failed or outcome.refused:
+                    return  # the entry stays until its own expiry
+                self.counters.incr("refreshes")
+                if outcome.positive:
+                    if lookup.credential is not None:
+                        self._remember_credential(lookup, outcome)
+                    self._store(lookup, outcome)
+                else:  # the backend says no now: drop the entry at once, near caches too
+                    self.backend.delete(lookup.entry_key, lookup.route)
+                    self._replace_epoch()
+            finally:
+                self.backend.delete(lock_key, lookup.route)
+        except Exception:  # a background thread: log, never raise into the pool
+            logger.exception("cache %s: refresh-ahead failed", self.name)
+        finally:
+            with self._flights_lock:
+                self._refreshing.discard(lookup.entry_key)
+
+    def _remember_credential(self, lookup: _Lookup, outcome: Outcome) -> None:
+        """The latest password wins: a success with another credential than the login's
+        last successful one means the password changed, so every other entry of the login
+        stops being used, on every server, before this one is stored under a new token.
+
+        The last credential is kept as a keyed digest, sealed (AES-GCM, padded) under a
+        per-login key. Denials rewrite it too, unchanged, when they are cached: to a
+        memcached reader a success and a cached denial write the same things.
+        """
+        assert lookup.user is not None
+        kind, login = lookup.user
+        if kind != "login" or len(lookup.generation_keys) < 2:
+            return
+        if not outcome.positive and not self.negative_ttl:
+            return  # a denial that stores nothing
+        stamp_key = self.keys.login_key("credential-stamp", login)
+        try:
+            ours = self.keys.credential_stamp(login, lookup.credential).decode("ascii")
+        except (Unencodable, RecursionError, ValueError):
+            return
+        raw = self.backend.get_multi([stamp_key], lookup.route).get(stamp_key)
+        held = None
+        if raw is not None:
+            try:
+                held = self.sealer.open(stamp_key, raw).get("s")
+            except (Unsealable, ValueError, TypeError, AttributeError):
+                held = None  # garbage: as if none were held
+        if outcome.positive:
+            if isinstance(held, str) and not hmac.compare_digest(held, ours):
+                token = new_token()
+                failed = self.backend.set_everywhere(lookup.generation_keys[1], token)
+                if len(failed) < len(self.backend.settings.servers):
+                    lookup.generations[1] = token
+                    self.counters.incr("password_changes")
+                    self._replace_epoch()
+            held = ours
+        kept = held if isinstance(held, str) else None
+        self.backend.set(stamp_key, self.sealer.seal(stamp_key, {"s": kept}),
+                         self.store_expiry, lookup.route)
 
     def _fresh_outcome(self, lookup: _Lookup) -> Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
@@ -248,7 +411,9 @@ class CacheRegion:
                 self.counters.incr("coalesced")
                 return outcome
             outcome = create(*args)
-            if not outcome.failed:
+            if not outcome.failed and not outcome.refused:
+                if lookup.credential is not None:
+                    self._remember_credential(lookup, outcome)
                 record = self._store(lookup, outcome)
                 if record is not None and lookup.near_key is not None and self.near is not None:
                     self.near.put(lookup.near_key, outcome.userid, outcome.values or {},
@@ -276,12 +441,13 @@ class CacheRegion:
 
     # ---------------------------------------------------------------- sealed entries
 
-    def _open(self, entry_key: str, raw: Any, generations: list[Any]) -> dict | None:
+    def _open(self, entry_key: str, raw: Any, generations: list[Any],
+              sealer: Sealer | None = None) -> dict | None:
         """The entry's record if it opens and belongs to the current generations."""
         if raw is None:
             return None
         try:
-            record = self.sealer.open(entry_key, raw)
+            record = (sealer or self.sealer).open(entry_key, raw)
             stored = record[_GENERATIONS]
             if not isinstance(record[_EXPIRES], (int, float)):
                 raise Unsealable("bad record")
@@ -298,12 +464,19 @@ class CacheRegion:
                 return None  # invalidated since it was stored
         return record
 
-    def _store(self, lookup: _Lookup, outcome: Outcome) -> dict | None:
-        """Seal and store the outcome; returns the record if memcached took it."""
+    def _store(self, lookup: _Lookup, outcome: Outcome, expires: float | None = None
+               ) -> dict | None:
+        """Seal and store the outcome; returns the record if memcached took it.
+
+        The record lives ``ttl`` less a random part of ``ttl_jitter`` of it (entries stored
+        together do not expire together), or until ``expires`` when one is given.
+        """
         positive = outcome.positive
         ttl = self.ttl if positive else self.negative_ttl
         if not ttl:
             return None
+        if expires is None:
+            expires = time.time() + ttl * (1 - self.ttl_jitter * random.random())
         values = outcome.values or {}
         unfit = [k for k, v in values.items() if not _cacheable(v)]
         if unfit or not _cacheable(outcome.userid):
@@ -332,7 +505,7 @@ class CacheRegion:
         record = {
             _USERID: outcome.userid,
             _VALUES: tag_tuples(values),
-            _EXPIRES: time.time() + ttl,
+            _EXPIRES: expires,
             _GENERATIONS: [t.decode("ascii") for t in tokens],
             _POSITIVE: positive,
         }
@@ -424,21 +597,29 @@ class CacheRegion:
         be reached: their old entries come back if they do, so invalidate again then.
         """
         failed: set[str] = set()
-        for kind, name in (("login", login), ("userid", userid)):
-            if name is not None:
-                key = self.keys.user_generation_key(kind, name)
-                failed.update(self._replace_generation(key))
-        failed.update(self._replace_generation(self.epoch_key))
-        self._flush_near()  # this process at once; the others within check_interval
+        for keys in [self.keys, *(old.keys for old in self.previous)]:
+            for kind, name in (("login", login), ("userid", userid)):
+                if name is not None:
+                    key = keys.user_generation_key(kind, name)
+                    failed.update(self._replace_generation(key))
+        failed.update(self._replace_epoch())
         self.counters.incr("invalidations")
         return sorted(failed)
+
+    def _replace_epoch(self) -> list[str]:
+        """Tell every near cache to drop what it holds (within its check interval), and
+        drop this process's own at once."""
+        failed = self.backend.set_everywhere(self.epoch_key, new_token())
+        self._flush_near()
+        return failed
 
     def invalidate_all(self) -> list[str]:
         """Drop everything this region cached (not other applications' data); returns the
         servers that could not be reached."""
-        failed = set(self._replace_generation(self.namespace_key))
-        failed.update(self._replace_generation(self.epoch_key))
-        self._flush_near()
+        failed: set[str] = set()
+        for namespace_key in [self.namespace_key, *(old.namespace_key for old in self.previous)]:
+            failed.update(self._replace_generation(namespace_key))
+        failed.update(self._replace_epoch())
         self.counters.incr("invalidations")
         return sorted(failed)
 

@@ -44,7 +44,7 @@ class Creator:
 
 def ask(region: CacheRegion, create, items=(("login", "alice"), ("password", "pw"))):
     head = region.keys.entry_head("authenticate", b"backend")
-    return region.get_or_create(head, list(items), region.user_key("login", "alice"), None,
+    return region.get_or_create(head, list(items), ("login", "alice"), None,
                                 create)
 
 
