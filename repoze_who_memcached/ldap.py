@@ -45,8 +45,8 @@ ldap3 facts this module is built around (checked with ldap3 2.9.1):
   ourselves, once, before any search, and bind with its bytes.
 * Filter values are ``str.strip()``-ed (``(uid=*{login})`` with a login of spaces would
   become a presence filter), and an empty substring piece makes pyasn1 fail to encode the
-  request: we escape every whitespace character (``\\20``), which slapd matches as the
-  space it stands for.
+  request: we escape every whitespace character (``\\20``), so the value is sent as given
+  (slapd then treats spaces as insignificant, RFC 4518).
 * After a bind, ``Connection.request`` keeps the bind request, password included, and
   ``repr()`` of a Connection shows ``password``: we clear both as soon as a bind returns.
 """
@@ -238,9 +238,10 @@ class _FilterTemplate:
 def _escape_filter_value(value: str) -> str:
     """``value`` escaped for a filter (RFC 4515), whitespace included.
 
-    ldap3 ``strip()``s filter values: an unescaped login of spaces would turn
-    ``(uid=*{login})`` into the presence filter ``(uid=*)`` and make ``(uid={login}*)``
-    unencodable. ``\\20`` is the same space to the server, so matching does not change.
+    ldap3 ``strip()``s filter values: an unescaped login of spaces would make
+    ``(uid={login}*)`` unencodable (a pyasn1 error) and turn ``(uid=*{login})`` into the
+    presence filter ``(uid=*)`` before it is sent. Escaped (``\\20`` is the same space),
+    the value reaches the server as given, and the server matches it by its own rules.
     """
     escaped = escape_filter_chars(value)
     if escaped.isprintable() and " " not in escaped:
@@ -1135,9 +1136,10 @@ def _prepare_password(password: str) -> bytes | None:
     directions, or nothing left after mapping). ldap3 does the same when given text; done
     here, before any search, so a password no bind could carry costs no request."""
     try:
-        return sasl_prep(password).encode("utf-8")
+        prepared = sasl_prep(password).encode("utf-8")
     except (LDAPSASLPrepError, UnicodeError):
         return None
+    return prepared or None  # never an empty (unauthenticated, RFC 4513 5.1.2) bind
 
 
 @implementer(IAuthenticator)
