@@ -419,7 +419,7 @@ def _finish(opts: Options, settings: _Settings) -> None:
     except ConfigError as unknown:
         if not settings.missing:
             raise
-        where = f"{opts.where}: "
+        where = f"{getattr(opts, 'where', '')}: "  # said once, at the front
         text = str(unknown)
         text = text[len(where):] if text.startswith(where) else text
         raise ConfigError(f"{settings.missing[0]} ({text} given)") from None
