@@ -129,6 +129,8 @@ DEFAULT_MAX_LOGIN_BYTES = 256
 #: Default ``max_password_bytes``: longer passwords (UTF-8) are refused before any work
 #: (SASLprep costs ~3 µs per character; slapd drops the session at ~256 KiB).
 DEFAULT_MAX_PASSWORD_BYTES = 1024
+#: Longer DNs (UTF-8) given as userid or ``ldap.dn`` are refused without asking anyone.
+MAX_DN_BYTES = 4096
 #: A failed call opens the circuit breaker only if it took at least this share of the
 #: shortest timeout: a directory that refuses at once costs callers nothing to ask again.
 SLOW_FAILURE_SHARE = 0.5
@@ -1301,7 +1303,10 @@ class LdapMetadataProvider(_LdapPlugin):
 
     def _add_metadata(self, identity: dict[str, Any]) -> bool:
         userid = identity.get("repoze.who.userid")
-        if not self._text_within(userid, self.settings.max_login_bytes):
+        # A userid is a login-like value when userid_attribute is set, else a DN (which
+        # may well be longer than any login).
+        limit = self.settings.max_login_bytes if self.settings.userid_attribute else MAX_DN_BYTES
+        if not self._text_within(userid, limit):
             return False
         entry = self._find_entry(identity, userid)
         if entry is None:
@@ -1329,7 +1334,7 @@ class LdapMetadataProvider(_LdapPlugin):
         if not isinstance(dn, str) or not dn:
             dn = userid if s.userid_attribute is None else None
         if dn is not None:
-            if not _is_utf8(dn) or not self._within_base(dn):
+            if not self._text_within(dn, MAX_DN_BYTES) or not self._within_base(dn):
                 return None
             if not self._ldap_attributes:
                 return _Entry(dn, {})  # nothing to read; groups need only the DN
@@ -1403,7 +1408,8 @@ def make_metadata_provider(**options: Any) -> LdapMetadataProvider:
     (default ``(&(objectClass=groupOfNames)(member={dn}))``; placeholders ``{dn}``,
     ``{userid}``, ``{login}``), ``group_scope`` (default sub), ``group_attribute``
     (default cn) and ``groups_item`` (default ``groups``). ``max_login_bytes`` (default
-    256) bounds the userid (and login) it looks up.
+    256) bounds the login and, with ``userid_attribute``, the userid it looks up (a DN
+    userid is bounded by :data:`MAX_DN_BYTES`).
     """
     opts = Options(options, "ldap metadata provider")
     settings = _parse_common(opts)

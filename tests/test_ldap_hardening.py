@@ -164,6 +164,17 @@ def test_size_caps_are_options(ldap_config, slapd):
     assert wire(provider)["searches"] == 1
 
 
+def test_dn_userids_may_be_longer_than_logins(ldap_config):
+    provider = make_metadata_provider(**ldap_config, attributes="mail")
+    long_dn = "cn=" + "x" * 300 + ",ou=people,dc=example,dc=org"  # over max_login_bytes
+    provider.add_metadata({}, {"repoze.who.userid": long_dn})
+    assert wire(provider)["searches"] == 1  # asked (no such entry: nothing added)
+    huge_dn = "cn=" + "x" * 5000 + ",ou=people,dc=example,dc=org"
+    ident = {"repoze.who.userid": huge_dn}
+    provider.add_metadata({}, ident)
+    assert wire(provider)["searches"] == 1 and ident == {"repoze.who.userid": huge_dn}
+
+
 @pytest.mark.parametrize(
     ("option", "value"),
     [("max_password_bytes", "0"), ("max_password_bytes", "lots"),
