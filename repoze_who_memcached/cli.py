@@ -215,8 +215,41 @@ def cmd_check(args: argparse.Namespace) -> int:
                     status = 1
             for warning in weak_settings(section, plugin):
                 print(f"  warning: {warning}")
+            if not check_wrapped(plugin):
+                status = 1
             plugin.backend.close()
     return status
+
+
+def check_wrapped(plugin: CachingPlugin) -> bool:
+    """Run ``health_check()`` of the plugins the cache wraps (e.g. our LDAP plugins) and
+    print one line per problem; False if any. A plugin without one is skipped, one given
+    by name only (``authenticator_name``) is not built here and cannot be checked."""
+    healthy = True
+    checked: list[object] = []
+    for role in ("authenticator", "mdprovider"):
+        wrapped = getattr(plugin, role, None)
+        if wrapped is None or any(wrapped is seen for seen in checked):
+            continue  # dedupe: one object may be both
+        checked.append(wrapped)
+        health_check = getattr(wrapped, "health_check", None)
+        if not callable(health_check):
+            continue
+        try:
+            problems = list(health_check())
+        except Exception as exc:  # a check must report, not crash the command
+            problems = [f"health check raised {type(exc).__name__}"]
+        finally:
+            close = getattr(wrapped, "close", None)
+            if callable(close):
+                close()
+        if problems:
+            healthy = False
+            for problem in problems:
+                print(f"  DOWN  {role} {wrapped!r}: {problem}")
+        else:
+            print(f"  ok    {role} {wrapped!r}")
+    return healthy
 
 
 def cmd_stats(args: argparse.Namespace) -> int:

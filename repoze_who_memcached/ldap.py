@@ -15,11 +15,15 @@ How it authenticates (search, then bind):
 3. A *new, short-lived connection* binds as that entry's DN with the given password and is
    closed at once, so one user's bind can never leak into another request.
 
-Every "no" (wrong password, unknown user, empty password, missing or odd identity items)
-returns None. A directory that cannot be asked (down, hung, refusing TLS, rejecting the
-service account) raises :class:`~repoze_who_memcached.errors.BackendUnavailable` instead:
-that is not a wrong password, and the cache plugin treats it differently (it never caches
-it as a denial). Passwords never appear in messages or logs.
+Every "no" returns None: a wrong password, an unknown user, an ambiguous or partial search
+(several entries, sizeLimitExceeded), and whatever bytes a client sends as login or password
+(empty, too long, refused by SASLprep, or making a filter ldap3 cannot encode). Only a
+directory that cannot be asked (down, hung, refusing TLS, rejecting the service account)
+raises :class:`~repoze_who_memcached.errors.BackendUnavailable`: that is not a wrong
+password, and the cache plugin treats it differently (it never caches it as a denial, and
+may serve a stale entry). So no client input can make the plugin look like a failing
+directory, open the circuit breaker for everybody, or have the cache serve stale entries.
+Passwords never appear in messages, logs or ``repr()``.
 
 ldap3 facts this module is built around (checked with ldap3 2.9.1):
 
@@ -35,10 +39,21 @@ ldap3 facts this module is built around (checked with ldap3 2.9.1):
   :data:`SERVER_RETRY_SECONDS`.
 * Timeouts must be ints; an empty password raises ``LDAPPasswordIsMandatoryError``; a
   search that hits ``size_limit`` returns True with result code 4 and the entries.
+* A simple-bind password given as text goes through SASLprep (RFC 4013), which refuses
+  control characters, private-use code points, non-characters and mixed-direction text
+  (``LDAPSASLPrepError``, nothing sent); bytes are sent as they are. We run SASLprep
+  ourselves, once, before any search, and bind with its bytes.
+* Filter values are ``str.strip()``-ed (``(uid=*{login})`` with a login of spaces would
+  become a presence filter), and an empty substring piece makes pyasn1 fail to encode the
+  request: we escape every whitespace character (``\\20``), so the value is sent as given
+  (slapd then treats spaces as insignificant, RFC 4518).
+* After a bind, ``Connection.request`` keeps the bind request, password included, and
+  ``repr()`` of a Connection shows ``password``: we clear both as soon as a bind returns.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -49,7 +64,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,13 +81,25 @@ from ldap3 import (
     Server,
     Tls,
 )
-from ldap3.core.exceptions import LDAPException, LDAPInvalidDnError
+from ldap3.core.exceptions import (
+    LDAPAttributeError,
+    LDAPException,
+    LDAPInvalidDnError,
+    LDAPInvalidFilterError,
+    LDAPInvalidValueError,
+    LDAPPasswordIsMandatoryError,
+    LDAPSASLPrepError,
+    LDAPUserNameIsMandatoryError,
+)
 from ldap3.operation.search import parse_filter
+from ldap3.protocol.sasl.sasl import sasl_prep
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
+from pyasn1.error import PyAsn1Error
 from repoze.who.interfaces import IAuthenticator, IMetadataProvider
 from zope.interface import implementer
 
+from .counters import RateLimitedLog
 from .errors import BackendUnavailable, ConfigError
 from .options import Options
 
@@ -97,8 +124,18 @@ DEFAULT_GROUPS_ITEM = "groups"
 SERVER_RETRY_SECONDS = 30.0
 #: After the directory failed, seconds during which it is not asked (calls fail at once).
 DEFAULT_RETRY_AFTER = 2.0
-#: Longer logins are refused without asking the directory (no real login is that long).
-MAX_LOGIN_LENGTH = 1024
+#: Default ``max_login_bytes``: longer logins (UTF-8) are refused before any work.
+DEFAULT_MAX_LOGIN_BYTES = 256
+#: Default ``max_password_bytes``: longer passwords (UTF-8) are refused before any work
+#: (SASLprep costs ~3 µs per character; slapd drops the session at ~256 KiB).
+DEFAULT_MAX_PASSWORD_BYTES = 1024
+#: Longer DNs (UTF-8) given as userid or ``ldap.dn`` are refused without asking anyone.
+MAX_DN_BYTES = 4096
+#: A failed call opens the circuit breaker only if it took at least this share of the
+#: shortest timeout: a directory that refuses at once costs callers nothing to ask again.
+SLOW_FAILURE_SHARE = 0.5
+#: Seconds between two log lines about the same kind of refused input.
+REFUSAL_LOG_INTERVAL = 60.0
 
 DEFAULT_FILTER = "(uid={login})"
 DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
@@ -116,7 +153,15 @@ _CREDENTIALS_REFUSED = frozenset(
         53,  # unwillingToPerform (e.g. a disabled account)
     }
 )
-_SEARCH_OK = frozenset({0, 4})  # success, sizeLimitExceeded (we ask for at most 2 entries)
+_SEARCH_OK = 0
+# A search that ends in one of these returned only part of the matching entries: never a
+# unique match, never a complete group list (the user's answer, not a broken directory).
+_PARTIAL_RESULTS = frozenset(
+    {
+        4,  # sizeLimitExceeded (our size_limit, or the server's own "sizelimit")
+        11,  # adminLimitExceeded (e.g. slapd's "limits ... size.unchecked")
+    }
+)
 _NO_SUCH_OBJECT = 32
 
 _ATTRIBUTE_NAME = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)$")
@@ -125,6 +170,19 @@ _RESERVED_ITEMS = ("repoze.who.", LDAP_DN_KEY)
 # Every ldap3 failure of the network or of TLS (ssl.SSLError is an OSError); caught around
 # each exchange with a server.
 _NETWORK_ERRORS = (LDAPException, OSError)
+# What ldap3 and pyasn1 raise, before anything is sent, for a request they cannot build
+# from the values given (a filter value, a DN, a password): the input's fault, a "no".
+_INPUT_ERRORS = (
+    PyAsn1Error,
+    LDAPInvalidFilterError,
+    LDAPAttributeError,
+    LDAPInvalidValueError,
+    LDAPInvalidDnError,
+    LDAPSASLPrepError,
+    LDAPPasswordIsMandatoryError,
+    LDAPUserNameIsMandatoryError,
+    UnicodeError,
+)
 
 
 # -- options ------------------------------------------------------------------------------
@@ -149,16 +207,16 @@ class _FilterTemplate:
             parsed = list(string.Formatter().parse(text))
         except ValueError as exc:
             raise opts.error(option, f"bad placeholder in {text!r}: {exc}") from None
-        for literal, field, spec, conversion in parsed:
-            if field is not None and (field not in allowed or spec or conversion):
+        for literal, placeholder, spec, conversion in parsed:
+            if placeholder is not None and (placeholder not in allowed or spec or conversion):
                 raise opts.error(
                     option,
-                    f"unknown placeholder {{{field}{'!' + conversion if conversion else ''}"
+                    f"unknown placeholder {{{placeholder}{'!' + conversion if conversion else ''}"
                     f"{':' + spec if spec else ''}}} in {text!r}; use "
                     + ", ".join("{" + name + "}" for name in allowed),
                 )
-            self._parts.append((literal, field))
-        self.fields = frozenset(field for _, field in self._parts if field is not None)
+            self._parts.append((literal, placeholder))
+        self.fields = frozenset(name for _, name in self._parts if name is not None)
         if not self.fields:
             raise opts.error(
                 option, f"{text!r} has no placeholder: every login would find the same entries"
@@ -171,9 +229,29 @@ class _FilterTemplate:
 
     def render(self, values: Mapping[str, str]) -> str:
         return "".join(
-            literal + (escape_filter_chars(values[field]) if field is not None else "")
-            for literal, field in self._parts
+            literal + (_escape_filter_value(values[name]) if name is not None else "")
+            for literal, name in self._parts
         )
+
+    def __repr__(self) -> str:
+        return f"<filter {self.text!r}>"
+
+
+def _escape_filter_value(value: str) -> str:
+    """``value`` escaped for a filter (RFC 4515), whitespace included.
+
+    ldap3 ``strip()``s filter values: an unescaped login of spaces would make
+    ``(uid={login}*)`` unencodable (a pyasn1 error) and turn ``(uid=*{login})`` into the
+    presence filter ``(uid=*)`` before it is sent. Escaped (``\\20`` is the same space),
+    the value reaches the server as given, and the server matches it by its own rules.
+    """
+    escaped = escape_filter_chars(value)
+    if escaped.isprintable() and " " not in escaped:
+        return escaped  # the usual case: nothing strip() could take
+    return "".join(
+        "".join(f"\\{byte:02x}" for byte in char.encode("utf-8")) if char.isspace() else char
+        for char in escaped
+    )
 
 
 @dataclass(frozen=True)
@@ -188,11 +266,16 @@ class _ServerSpec:
 
 @dataclass(frozen=True)
 class _Settings:
-    """The options both plugins share, parsed once (see :func:`_parse_common`)."""
+    """The options both plugins share, parsed once (see :func:`_parse_common`).
+
+    ``bind_password`` is left out of ``repr()``; ``missing`` holds the errors for required
+    options that were not given, raised by :func:`_finish` after the unknown options are
+    known (a misspelt ``basedn`` is the likely reason ``base_dn`` is missing).
+    """
 
     servers: tuple[_ServerSpec, ...]
     bind_dn: str | None
-    bind_password: str | None
+    bind_password: str | None = field(repr=False)
     base_dn: str
     base_dn_key: tuple[tuple[str, str], ...]
     filter: _FilterTemplate
@@ -205,13 +288,19 @@ class _Settings:
     userid_attribute: str | None
     pool_size: int
     login_item: str
+    max_login_bytes: int
+    missing: tuple[ConfigError, ...] = field(default=(), repr=False, compare=False)
 
 
-def _parse_servers(opts: Options) -> tuple[_ServerSpec, ...]:
+def _parse_servers(opts: Options, missing: list[ConfigError]) -> tuple[_ServerSpec, ...]:
     urls = opts.list("url")
+    if urls is None:
+        missing.append(opts.error("url", "is required (ldap://host[:port] or ldaps://..., "
+                                         "several for failover, separated by spaces)"))
+        return ()
     if not urls:
-        raise opts.error("url", "is required (ldap://host[:port] or ldaps://..., several for "
-                                "failover, separated by spaces)")
+        raise opts.error("url", "must not be empty (ldap://host[:port] or ldaps://..., "
+                                "several for failover, separated by spaces)")
     specs = []
     for url in urls:
         try:
@@ -239,24 +328,36 @@ def _attribute_name(opts: Options, option: str, name: str) -> str:
 
 
 def _parse_common(opts: Options) -> _Settings:
-    """Parse the connection and search options both factories take (strictly)."""
-    servers = _parse_servers(opts)
+    """Parse the connection and search options both factories take (strictly).
+
+    A missing required option is not raised here but kept in ``missing`` for
+    :func:`_finish`; a bad value is raised at once.
+    """
+    missing: list[ConfigError] = []
+    servers = _parse_servers(opts, missing)
     bind_dn = opts.str("bind_dn") or None
     if bind_dn is not None:
         _dn_key(bind_dn, opts, "bind_dn")
+    password_given = opts.has("bind_password") or opts.has("bind_password_file")
     if bind_dn is None:
         for name in ("bind_password", "bind_password_file"):
             if opts.has(name):
-                raise opts.error(name, "given without bind_dn")
-    elif not (opts.has("bind_password") or opts.has("bind_password_file")):
-        raise opts.error("bind_dn", "needs bind_password or bind_password_file (a bind with a "
-                                    "DN and no password is an anonymous bind in disguise)")
+                missing.append(opts.error(name, "given without bind_dn"))
+    elif not password_given:
+        missing.append(opts.error("bind_dn", "needs bind_password or bind_password_file (a "
+                                  "bind with a DN and no password is an anonymous bind in "
+                                  "disguise)"))
     bind_password = opts.secret("bind_password", "bind_password_file", required=False)
-    if bind_dn is not None and not bind_password:
+    if bind_dn is not None and password_given and not bind_password:
         raise opts.error("bind_password", "must not be empty")
-    base_dn = opts.str("base_dn", required=True)
-    assert base_dn is not None
-    base_dn_key = _dn_key(base_dn, opts, "base_dn")
+    base_dn = opts.str("base_dn")
+    if base_dn is None:
+        missing.append(opts.error("base_dn", "is required"))
+        base_dn_key: tuple[tuple[str, str], ...] = ()
+    elif not base_dn:
+        raise opts.error("base_dn", "must not be empty")
+    else:
+        base_dn_key = _dn_key(base_dn, opts, "base_dn")
     filter_template = _FilterTemplate(
         opts.str("filter", DEFAULT_FILTER) or DEFAULT_FILTER, "filter", ("login",), opts
     )
@@ -285,11 +386,13 @@ def _parse_common(opts: Options) -> _Settings:
         _attribute_name(opts, "userid_attribute", userid_attribute)
     pool_size = opts.int("pool_size", 4, minimum=0, maximum=1000)
     login_item = opts.str("login_item", "login") or "login"
+    max_login_bytes = opts.int("max_login_bytes", DEFAULT_MAX_LOGIN_BYTES, minimum=1,
+                               maximum=65536)
     return _Settings(
         servers=servers,
         bind_dn=bind_dn,
         bind_password=bind_password,
-        base_dn=base_dn,
+        base_dn=base_dn or "",
         base_dn_key=base_dn_key,
         filter=filter_template,
         scope=scope,
@@ -301,7 +404,29 @@ def _parse_common(opts: Options) -> _Settings:
         userid_attribute=userid_attribute,
         pool_size=pool_size,
         login_item=login_item,
+        max_login_bytes=max_login_bytes,
+        missing=tuple(missing),
     )
+
+
+def _finish(opts: Options, settings: _Settings) -> None:
+    """Refuse unknown options and report missing required ones, together.
+
+    A required option is most often "missing" because it was misspelt (``basedn``): the
+    error names both, so the fix is obvious. Only :meth:`Options.finish` decides what is
+    unknown, so its wording (and any section prefix it adds) is kept.
+    """
+    try:
+        opts.finish()
+    except ConfigError as unknown:
+        if not settings.missing:
+            raise
+        where = f"{getattr(opts, 'where', '')}: "  # said once, at the front
+        text = str(unknown)
+        text = text[len(where):] if text.startswith(where) else text
+        raise ConfigError(f"{settings.missing[0]} ({text} given)") from None
+    if settings.missing:
+        raise settings.missing[0]
 
 
 # -- DNs ----------------------------------------------------------------------------------
@@ -364,6 +489,8 @@ class LdapCounters:
         "user_binds",  # binds as a user, each on its own short-lived connection
         "stale_connections",  # pooled connections found dead (server restarted) and replaced
         "fast_failures",  # calls refused at once while the directory was failing (retry_after)
+        "refused_inputs",  # answered "no" for the request's own sake: too long, SASLprep,
+        # a filter ldap3 cannot encode, a partial (size-limited) result
     )
 
     def __init__(self) -> None:
@@ -377,6 +504,9 @@ class LdapCounters:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
+
+    def __repr__(self) -> str:
+        return f"<LdapCounters {self.snapshot()}>"
 
     __call__ = snapshot
 
@@ -395,12 +525,19 @@ def _is_timeout(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: BaseException, secret: str | None = None) -> str:
+def _describe(exc: BaseException, secret: str | bytes | None = None) -> str:
     """``Type: message`` of an ldap3 error, with ``secret`` blotted out should it appear."""
-    text = f"{type(exc).__name__}: {exc}"
-    if secret:
-        text = text.replace(secret, "***")
-    return text[:500]
+    return _redact(f"{type(exc).__name__}: {exc}", secret)[:500]
+
+
+def _redact(text: str, secret: str | bytes | None) -> str:
+    """``text`` with ``secret`` (and its repr, as a bytes value may be shown) replaced."""
+    if not secret:
+        return text
+    if isinstance(secret, bytes):
+        text = text.replace(repr(secret), "***")
+        secret = secret.decode("utf-8", "replace")
+    return text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
 
 
 def _no_delay(conn: Connection) -> None:
@@ -443,23 +580,56 @@ class _Entry:
         return values
 
 
+class _Refused(Exception):
+    """A search or bind the plugin refuses to judge as a match (internal; becomes a "no").
+
+    Raised for answers that are the request's own fault, never the directory's: a partial
+    result (sizeLimitExceeded, adminLimitExceeded, continuation references), or a request
+    ldap3 or pyasn1 could not build from the values given (nothing was sent). ``topic``
+    groups the log lines (rate-limited); ``reason`` never holds a password. ``answered``
+    says whether the directory answered (a partial result) or was never asked.
+    """
+
+    def __init__(self, topic: str, reason: str, *, answered: bool) -> None:
+        super().__init__(reason)
+        self.topic = topic
+        self.reason = reason
+        self.answered = answered
+
+
 class _Breaker:
-    """Fail fast while the directory fails (a circuit breaker).
+    """Fail fast while the directory hangs (a circuit breaker).
 
     A hung directory costs each call a full ``timeout``; with more callers than server
     threads, logins that need no directory at all (cached ones) queue behind them. So after
-    a failure, calls fail at once for ``retry_after`` seconds; then one call at a time (the
-    probe) is let through: its success closes the breaker, its failure opens it again.
-    Answers (a wrong password included) are successes: the directory judged.
+    a *slow* failure (one that took at least ``slow_after`` seconds: a timeout, a hung
+    server), calls fail at once for ``retry_after`` seconds; then one call at a time (the
+    probe) is let through: its success closes the breaker, a slow failure opens it again.
+
+    A fast failure (connection refused, a dropped connection, a server-side error) never
+    opens it, and closes it: asking again costs the callers nothing, and the first login
+    after the directory is back must succeed. Answers (a wrong password included) and
+    refusals of the input (:class:`_Refused`) are no failures at all: they say nothing about
+    the directory being unable to answer, so no client input can open the breaker.
     """
 
-    def __init__(self, retry_after: float, counters: LdapCounters) -> None:
+    def __init__(self, retry_after: float, slow_after: float, counters: LdapCounters) -> None:
         self.retry_after = retry_after
+        self.slow_after = slow_after
         self._counters = counters
         self._lock = threading.Lock()
         self._open_until: float | None = None  # None: closed, calls go through
         self._failed_at = 0.0
         self._probing = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._open_until is None else "open"
+        return f"<LDAP circuit breaker {state} retry_after={self.retry_after:g}s>"
+
+    @property
+    def is_open(self) -> bool:
+        """True while calls are refused at once (or only a probe is let through)."""
+        return self._open_until is not None
 
     def admit(self) -> bool:
         """Let a call through (True if it is the probe) or raise BackendUnavailable."""
@@ -474,22 +644,22 @@ class _Breaker:
                 return True
             ago = now - self._failed_at
         self._counters.add("fast_failures")
-        raise BackendUnavailable(f"LDAP directory failed {ago:.1f}s ago; not asked again "
-                                 f"before {self.retry_after:g}s have passed (retry_after)")
+        raise BackendUnavailable(f"LDAP directory failed slowly {ago:.1f}s ago; not asked "
+                                 f"again before {self.retry_after:g}s have passed "
+                                 "(retry_after)")
 
-    def done(self, probe: bool, ok: bool | None) -> None:
-        """Record a call's end: ok True (answered), False (failed), None (neither)."""
-        if ok is None:
+    def done(self, probe: bool, outcome: str) -> None:
+        """Record a call's end: ``answered``, ``fast`` or ``slow`` failure, or ``neither``."""
+        if outcome == "neither" or (outcome != "slow" and self._open_until is None
+                                    and not probe):
             if probe:
                 with self._lock:
                     self._probing = False
             return
-        if ok and self._open_until is None and not probe:
-            return
         with self._lock:
             if probe:
                 self._probing = False
-            if ok:
+            if outcome != "slow":
                 self._open_until = None
             elif self.retry_after:
                 self._failed_at = time.monotonic()
@@ -498,15 +668,22 @@ class _Breaker:
     @contextmanager
     def call(self) -> Iterator[None]:
         probe = self.admit()
-        ok: bool | None = None
+        outcome = "neither"
+        started = time.monotonic()
         try:
             yield
-            ok = True
-        except BackendUnavailable:
-            ok = False
+            outcome = "answered"
+        except BackendUnavailable as exc:
+            slow = _is_timeout(exc) or time.monotonic() - started >= self.slow_after
+            outcome = "slow" if slow else "fast"
+            raise
+        except _Refused as refused:
+            # A partial result is an answer; a request never sent says nothing (and must
+            # not let a client close the breaker of a hung directory).
+            outcome = "answered" if refused.answered else "neither"
             raise
         finally:
-            self.done(probe, ok)
+            self.done(probe, outcome)
 
 
 class _Directory:
@@ -523,7 +700,8 @@ class _Directory:
         self._idle: list[Connection] = []
         self._pid = os.getpid()
         self._down_until: dict[str, float] = {}
-        self.breaker = _Breaker(settings.retry_after, counters)
+        slow_after = SLOW_FAILURE_SHARE * min(settings.connect_timeout, settings.timeout)
+        self.breaker = _Breaker(settings.retry_after, slow_after, counters)
         # Everything about Server objects that does not change, computed once.
         self._server_args = {
             spec.url: {
@@ -536,6 +714,10 @@ class _Directory:
             }
             for spec in settings.servers
         }
+
+    def __repr__(self) -> str:
+        urls = " ".join(spec.url for spec in self.settings.servers)
+        return f"<LDAP directory {urls} idle={len(self._idle)} {self.breaker!r}>"
 
     # servers and connections --------------------------------------------------------------
 
@@ -554,37 +736,48 @@ class _Directory:
             else:
                 self._down_until[spec.url] = time.monotonic() + SERVER_RETRY_SECONDS
 
-    def _connect(self, bind: Callable[[Connection], None] | None) -> Connection:
-        """Open a connection to the first server that answers; TLS first, then ``bind``.
+    def _open(self, spec: _ServerSpec, bind: Callable[[Connection], None] | None) -> Connection:
+        """A connection to ``spec``'s server: TLS first, then ``bind``. Raises on failure.
 
         With ``start_tls``, STARTTLS completes before anything else is sent (no bind, no
-        search goes out in clear). ``bind`` (for service connections) runs inside the
-        failover loop, so a server that accepts connections but hangs is skipped too.
+        search goes out in clear).
         """
         s = self.settings
+        conn = Connection(
+            Server(**self._server_args[spec.url]),
+            client_strategy=SYNC,
+            authentication=ANONYMOUS,
+            receive_timeout=s.timeout,
+            auto_referrals=False,  # never follow a referral with someone's password
+            raise_exceptions=False,
+            return_empty_attributes=False,
+            read_only=True,
+        )
+        try:
+            conn.open(read_server_info=False)
+            _no_delay(conn)
+            if s.start_tls and not spec.use_ssl and not conn.start_tls(read_server_info=False):
+                raise BackendUnavailable("STARTTLS did not start")
+            if bind is not None:
+                bind(conn)
+        except BaseException:
+            _close(conn)
+            raise
+        return conn
+
+    def _connect(self, bind: Callable[[Connection], None] | None) -> Connection:
+        """Open a connection to the first server that answers (see :meth:`_open`).
+
+        ``bind`` (for service connections) runs inside the failover loop, so a server that
+        accepts connections but hangs is skipped too.
+        """
         problems = []
         for spec in self._servers_in_order():
-            conn = Connection(
-                Server(**self._server_args[spec.url]),
-                client_strategy=SYNC,
-                authentication=ANONYMOUS,
-                receive_timeout=s.timeout,
-                auto_referrals=False,  # never follow a referral with someone's password
-                raise_exceptions=False,
-                return_empty_attributes=False,
-                read_only=True,
-            )
             try:
-                conn.open(read_server_info=False)
-                _no_delay(conn)
-                if s.start_tls and not spec.use_ssl and not conn.start_tls(read_server_info=False):
-                    raise BackendUnavailable("STARTTLS did not start")
-                if bind is not None:
-                    bind(conn)
+                conn = self._open(spec, bind)
             except (*_NETWORK_ERRORS, BackendUnavailable) as exc:
-                _close(conn)
                 self._mark(spec, up=False)
-                problems.append(f"{spec.url}: {_describe(exc, s.bind_password)}")
+                problems.append(f"{spec.url}: {_describe(exc, self.settings.bind_password)}")
                 continue
             self._mark(spec, up=True)
             return conn
@@ -597,7 +790,11 @@ class _Directory:
             conn.user = s.bind_dn
             conn.password = s.bind_password
         self.counters.add("service_binds")
-        if not conn.bind(read_server_info=False):
+        try:
+            accepted = conn.bind(read_server_info=False)
+        finally:
+            _forget_password(conn)
+        if not accepted:
             result = conn.result or {}
             raise BackendUnavailable(
                 f"service bind as {s.bind_dn or 'anonymous'} refused: "
@@ -653,6 +850,7 @@ class _Directory:
         A pooled connection is typically found dead after the server restarted: the error
         comes at once (not a timeout), so one retry on a fresh connection is cheap and hides
         the restart. Timeouts are not retried: that would double the wait on a hung server.
+        Raises :class:`_Refused` for a partial result or a request that cannot be built.
         """
         with self.breaker.call():
             return self._search(base, search_filter, scope, attributes, size_limit)
@@ -662,6 +860,7 @@ class _Directory:
     ) -> list[_Entry]:
         s = self.settings
         for attempt in (1, 2):
+            refused: _Refused | None = None
             try:
                 with self._pooled() as (conn, reused):
                     self.counters.add("searches")
@@ -675,6 +874,11 @@ class _Directory:
                             time_limit=s.timeout,
                             dereference_aliases=DEREF_NEVER,
                         )
+                    except _INPUT_ERRORS as exc:
+                        # Raised while the request was built or encoded: nothing was sent,
+                        # so the connection is as good as before and goes back to the pool.
+                        refused = _Refused("bad-request", f"ldap3 could not build the search "
+                                           f"({type(exc).__name__})", answered=False)
                     except _NETWORK_ERRORS as exc:
                         if reused and attempt == 1 and not _is_timeout(exc):
                             raise _StaleConnection from None
@@ -687,10 +891,18 @@ class _Directory:
                 self.counters.add("stale_connections")
                 self._drain()  # its siblings are most likely dead too
                 continue
+            if refused is not None:
+                raise refused
             code = result.get("result")
             if code == _NO_SUCH_OBJECT:
                 return []
-            if code not in _SEARCH_OK:
+            partial = code in _PARTIAL_RESULTS or any(
+                item.get("type") == "searchResRef" for item in response
+            )
+            if partial:
+                raise _Refused("partial", f"the search under {base!r} returned part of its "
+                               f"entries only ({result.get('description')})", answered=True)
+            if code != _SEARCH_OK:
                 raise BackendUnavailable(
                     f"LDAP search under {base!r} failed: {result.get('description')} ({code}) "
                     f"{result.get('message')}"
@@ -705,12 +917,16 @@ class _Directory:
             ]
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def check_password(self, dn: str, password: str) -> bool:
-        """Bind as ``dn`` on a connection of its own, then close it. True if accepted."""
+    def check_password(self, dn: str, password: bytes) -> bool:
+        """Bind as ``dn`` on a connection of its own, then close it. True if accepted.
+
+        ``password`` is already SASLprep-ed and encoded (:func:`_prepare_password`): ldap3
+        sends bytes as they are.
+        """
         with self.breaker.call():
             return self._check_password(dn, password)
 
-    def _check_password(self, dn: str, password: str) -> bool:
+    def _check_password(self, dn: str, password: bytes) -> bool:
         conn = self._connect(None)
         try:
             conn.authentication = SIMPLE
@@ -719,23 +935,79 @@ class _Directory:
             self.counters.add("user_binds")
             try:
                 accepted = conn.bind(read_server_info=False)
+            except _INPUT_ERRORS as exc:
+                raise _Refused("bad-request", f"ldap3 could not build the bind "
+                               f"({type(exc).__name__})", answered=False) from None
             except _NETWORK_ERRORS as exc:
                 raise BackendUnavailable(
                     f"LDAP bind failed: {_describe(exc, password)}"
                 ) from None
             finally:
-                conn.password = None
+                _forget_password(conn)
             if accepted:
                 return True
             result = conn.result or {}
             if result.get("result") in _CREDENTIALS_REFUSED:
                 return False
-            raise BackendUnavailable(
-                f"LDAP server did not judge a bind as {dn!r}: {result.get('description')} "
-                f"({result.get('result')}) {result.get('message')}".replace(password, "***")
-            )
+            raise BackendUnavailable(_describe_result(
+                f"LDAP server did not judge a bind as {dn!r}", result, password
+            ))
         finally:
             _close(conn)
+
+    def health_check(self, bases: list[tuple[str, str]]) -> list[str]:
+        """Problems found asking each server directly (empty: healthy); see
+        :meth:`_LdapPlugin.health_check`. ``bases`` are ``(option name, DN)`` pairs."""
+        s = self.settings
+        who = s.bind_dn or "anonymous"
+        problems = []
+        for spec in s.servers:
+            try:
+                conn = self._open(spec, None)
+            except (*_NETWORK_ERRORS, BackendUnavailable) as exc:
+                problems.append(f"{spec.url}: cannot connect: {_describe(exc, s.bind_password)}")
+                continue
+            try:
+                try:
+                    self._service_bind(conn)
+                except (*_NETWORK_ERRORS, BackendUnavailable) as exc:
+                    problems.append(f"{spec.url}: {_describe(exc, s.bind_password)}")
+                    continue
+                for option, base in bases:
+                    problem = self._check_base(conn, base, who)
+                    if problem:
+                        problems.append(f"{spec.url}: {option} {base!r}: {problem}")
+            finally:
+                _close(conn)
+        return problems
+
+    def _check_base(self, conn: Connection, base: str, who: str) -> str | None:
+        try:
+            conn.search(base, "(objectClass=*)", search_scope=BASE,
+                        attributes=[NO_ATTRIBUTES], size_limit=1,
+                        time_limit=self.settings.timeout, dereference_aliases=DEREF_NEVER)
+        except _NETWORK_ERRORS as exc:
+            return f"search failed: {_describe(exc, self.settings.bind_password)}"
+        result = conn.result or {}
+        code = result.get("result")
+        if code == _NO_SUCH_OBJECT:
+            return f"no such entry (or {who} may not see it)"
+        if code != _SEARCH_OK:
+            return _describe_result("search failed", result, self.settings.bind_password)
+        return None
+
+
+def _forget_password(conn: Connection) -> None:
+    """Drop the password a bind left on ``conn`` (and in its last request, which ldap3
+    keeps): a pooled connection must not carry it into a repr, a log or a core dump."""
+    conn.password = None
+    conn.request = None
+
+
+def _describe_result(what: str, result: Mapping[str, Any], secret: str | bytes | None) -> str:
+    """``what: description (code) message`` of an LDAP result, ``secret`` blotted out."""
+    text = f"{what}: {result.get('description')} ({result.get('result')}) {result.get('message')}"
+    return _redact(text, secret)[:500]
 
 
 class _StaleConnection(Exception):
@@ -743,6 +1015,9 @@ class _StaleConnection(Exception):
 
 
 # -- the plugins --------------------------------------------------------------------------
+
+#: Version of the :meth:`_LdapPlugin.cache_fingerprint` text (bump if its meaning changes).
+FINGERPRINT_VERSION = 1
 
 
 class _LdapPlugin:
@@ -753,6 +1028,7 @@ class _LdapPlugin:
         #: Event counts (see ``LdapCounters.NAMES``): ``counters.snapshot()`` or ``counters()``.
         self.counters = LdapCounters()
         self.directory = _Directory(settings, self.counters)
+        self._warn = RateLimitedLog(log, REFUSAL_LOG_INTERVAL)
 
     def close(self) -> None:
         """Close pooled connections (e.g. at shutdown or in tests)."""
@@ -763,6 +1039,55 @@ class _LdapPlugin:
         urls = " ".join(spec.url for spec in self.settings.servers)
         return f"<{type(self).__name__} {urls} base_dn={self.settings.base_dn!r}>"
 
+    # operations for operators and for the cache ----------------------------------------------
+
+    def health_check(self) -> list[str]:
+        """Ask each configured server what a login needs; one line per problem (empty: ok).
+
+        For each URL: a connection (with STARTTLS if configured), the service bind (as
+        ``bind_dn``, or anonymous), and a base-scope search of each base DN the plugin
+        searches. Each step is bounded by ``connect_timeout`` / ``timeout``; the pool and
+        the circuit breaker are left alone (this is a check, not a login). The lines name
+        the server and the step, never a password. ``repoze-who-memcached check`` prints
+        them.
+        """
+        return self.directory.health_check(self._bases())
+
+    def cache_fingerprint(self) -> str:
+        """A stable text of every setting that decides this plugin's answers.
+
+        Same options, same text, in every process; a different directory, base DN, filter,
+        scope, attribute or item name, a different text. No secret is in it (not the bind
+        password, nothing read from a file), and nothing that only decides *how* the
+        directory is reached (timeouts, pool, TLS): a cache mixes it into its keys so that
+        caches of different directories never share entries.
+        """
+        s = self.settings
+        facts = {
+            "plugin": type(self).__name__,
+            "version": FINGERPRINT_VERSION,
+            "urls": [spec.url for spec in s.servers],
+            "bind_dn": s.bind_dn,
+            "base_dn": s.base_dn,
+            "filter": s.filter.text,
+            "scope": s.scope,
+            "userid_attribute": s.userid_attribute,
+            "login_item": s.login_item,
+            "max_login_bytes": s.max_login_bytes,
+            **self._answer_settings(),
+        }
+        return json.dumps(facts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    def _answer_settings(self) -> dict[str, Any]:
+        """The settings of one plugin type that decide answers (for the fingerprint)."""
+        return {}
+
+    def _bases(self) -> list[tuple[str, str]]:
+        """``(option, DN)`` of every base this plugin searches (for the health check)."""
+        return [("base_dn", self.settings.base_dn)]
+
+    # helpers --------------------------------------------------------------------------------
+
     def _within_base(self, dn: str) -> bool:
         try:
             key = _dn_key(dn)
@@ -771,19 +1096,52 @@ class _LdapPlugin:
         base = self.settings.base_dn_key
         return len(key) >= len(base) and key[len(key) - len(base) :] == base
 
-    def _counted_call(self, work: Callable[[dict[str, Any]], Any], identity: dict[str, Any]
-                      ) -> Any:
+    def _counted_call(self, work: Callable[[dict[str, Any]], Any], identity: dict[str, Any],
+                      refused: Any) -> Any:
         """``work(identity)``, counted as a request (and as a backend error if it raises
-        BackendUnavailable)."""
+        BackendUnavailable). A :class:`_Refused` becomes ``refused`` (the "no" answer), with
+        a rate-limited warning."""
         self.counters.add("requests")
         try:
             return work(identity)
         except BackendUnavailable:
             self.counters.add("backend_errors")
             raise
+        except _Refused as exc:
+            self._refuse(exc.topic, "LDAP: %s; refusing it", exc.reason)
+            return refused
+
+    def _refuse(self, topic: str, message: str, *args: Any) -> None:
+        """Count a refused request and say why, at most once per REFUSAL_LOG_INTERVAL per
+        topic (a client sending such requests in a loop must not flood the log). Never
+        pass a password or a login here: a login field often holds a mistyped password."""
+        self.counters.add("refused_inputs")
+        self._warn.warning(topic, message, *args)
+
+    def _text_within(self, value: Any, max_bytes: int) -> bool:
+        """True for a non-empty str of at most ``max_bytes`` UTF-8 bytes (cheapest first:
+        a huge value is refused before it is encoded)."""
+        if not isinstance(value, str) or not value or len(value) > max_bytes:
+            return False
+        try:
+            return len(value.encode("utf-8")) <= max_bytes
+        except UnicodeEncodeError:  # lone surrogates, e.g. from surrogateescape decoding
+            return False
 
     def _counted(self, ok: bool) -> None:
         self.counters.add("successes" if ok else "failures")
+
+
+def _prepare_password(password: str) -> bytes | None:
+    """The bytes a simple bind sends for ``password`` (RFC 4013 SASLprep, UTF-8), or None
+    if SASLprep refuses it (control characters, private use, non-characters, mixed
+    directions, or nothing left after mapping). ldap3 does the same when given text; done
+    here, before any search, so a password no bind could carry costs no request."""
+    try:
+        prepared = sasl_prep(password).encode("utf-8")
+    except (LDAPSASLPrepError, UnicodeError):
+        return None
+    return prepared or None  # never an empty (unauthenticated, RFC 4513 5.1.2) bind
 
 
 @implementer(IAuthenticator)
@@ -791,41 +1149,59 @@ class LdapAuthenticator(_LdapPlugin):
     """Search-then-bind authentication; see the module docstring. Made by
     :func:`make_authenticator`."""
 
-    def __init__(self, settings: _Settings, password_item: str) -> None:
+    def __init__(self, settings: _Settings, password_item: str,
+                 max_password_bytes: int = DEFAULT_MAX_PASSWORD_BYTES) -> None:
         super().__init__(settings)
         self.login_item = settings.login_item
         self.password_item = password_item
+        self.max_password_bytes = max_password_bytes
         attr = settings.userid_attribute
         self._search_attributes = [attr] if attr else []
 
     def authenticate(self, environ: dict[str, Any], identity: dict[str, Any]) -> str | None:
         """The userid (DN or ``userid_attribute``) if login and password are good, else None.
 
-        Raises BackendUnavailable if the directory cannot be asked.
+        Whatever the identity holds is answered (None for anything odd); raises
+        BackendUnavailable only if the directory cannot be asked.
         """
-        userid = self._counted_call(self._authenticate, identity)
+        userid = self._counted_call(self._authenticate, identity, None)
         self._counted(userid is not None)
         return userid
+
+    def _answer_settings(self) -> dict[str, Any]:
+        return {"password_item": self.password_item,
+                "max_password_bytes": self.max_password_bytes}
 
     def _authenticate(self, identity: dict[str, Any]) -> str | None:
         login = identity.get(self.login_item)
         password = identity.get(self.password_item)
+        s = self.settings
         # An empty password would make an "unauthenticated" bind that many servers accept
-        # (RFC 4513 5.1.2): never send one. Text that cannot be UTF-8 cannot match either.
+        # (RFC 4513 5.1.2): never send one. Size first: nothing below costs more than this.
         if not isinstance(login, str) or not isinstance(password, str):
             return None
-        if not login or not password or len(login) > MAX_LOGIN_LENGTH:
+        if not login or not password:
             return None
-        if not _is_utf8(login) or not _is_utf8(password):
+        if not self._text_within(login, s.max_login_bytes):
+            self._refuse("login-size", "LDAP: a login over max_login_bytes (%d) or not UTF-8; "
+                         "refusing it", s.max_login_bytes)
             return None
-        s = self.settings
+        if not self._text_within(password, self.max_password_bytes):
+            self._refuse("password-size", "LDAP: a password over max_password_bytes (%d) or "
+                         "not UTF-8; refusing it", self.max_password_bytes)
+            return None
+        prepared = _prepare_password(password)
+        if prepared is None:
+            self._refuse("saslprep", "LDAP: a password SASLprep (RFC 4013) refuses (control, "
+                         "private-use or non-characters, or mixed directions); refusing it")
+            return None
         entries = self.directory.search(
             s.base_dn, s.filter.render({"login": login}), s.scope, self._search_attributes, 2
         )
         if len(entries) != 1:
             if len(entries) > 1:
-                log.warning("LDAP: several entries match one login under %s; refusing it "
-                            "(make the filter unique)", s.base_dn)
+                self._warn.warning("ambiguous", "LDAP: several entries match one login under "
+                                   "%s; refusing it (make the filter unique)", s.base_dn)
             return None
         entry = entries[0]
         if not entry.dn:
@@ -834,10 +1210,10 @@ class LdapAuthenticator(_LdapPlugin):
         if s.userid_attribute:
             userid = _pick_userid(entry.texts(s.userid_attribute), login)
             if userid is None:
-                log.warning("LDAP: %s has no usable %s; refusing the login",
-                            entry.dn, s.userid_attribute)
+                self._warn.warning("no-userid", "LDAP: %s has no usable %s; refusing the login",
+                                   entry.dn, s.userid_attribute)
                 return None
-        if not self.directory.check_password(entry.dn, password):
+        if not self.directory.check_password(entry.dn, prepared):
             return None
         identity[LDAP_DN_KEY] = entry.dn
         return userid
@@ -878,6 +1254,8 @@ class LdapMetadataProvider(_LdapPlugin):
     Made by :func:`make_metadata_provider`. The entry is found by ``identity['ldap.dn']``
     when our authenticator (or a cache of it) put it there, else by the userid: read as a DN
     when no ``userid_attribute`` is set, otherwise searched for with ``userid_filter``.
+    A partial search result (the server's size limit) adds nothing: no metadata is better
+    than a group list with groups missing.
     """
 
     def __init__(
@@ -898,15 +1276,37 @@ class LdapMetadataProvider(_LdapPlugin):
         self._ldap_attributes = list(dict.fromkeys(attr for attr, _ in attributes))
 
     def add_metadata(self, environ: dict[str, Any], identity: dict[str, Any]) -> None:
-        """Add the configured items; does nothing for an unknown user.
+        """Add the configured items; does nothing for an unknown user or odd input.
 
-        Raises BackendUnavailable if the directory cannot be asked.
+        Raises BackendUnavailable only if the directory cannot be asked.
         """
-        self._counted(self._counted_call(self._add_metadata, identity))
+        self._counted(self._counted_call(self._add_metadata, identity, False))
+
+    def _answer_settings(self) -> dict[str, Any]:
+        g = self.groups
+        return {
+            "attributes": [list(pair) for pair in self.attributes],
+            "list_attributes": sorted(self.list_attributes),
+            "missing": self.missing,
+            "userid_filter": self.userid_filter.text,
+            "groups": None if g is None else {
+                "base_dn": g.base_dn, "filter": g.filter.text, "scope": g.scope,
+                "attribute": g.attribute, "item": g.item,
+            },
+        }
+
+    def _bases(self) -> list[tuple[str, str]]:
+        bases = super()._bases()
+        if self.groups is not None:
+            bases.append(("group_base_dn", self.groups.base_dn))
+        return bases
 
     def _add_metadata(self, identity: dict[str, Any]) -> bool:
         userid = identity.get("repoze.who.userid")
-        if not isinstance(userid, str) or not userid or not _is_utf8(userid):
+        # A userid is a login-like value when userid_attribute is set, else a DN (which
+        # may well be longer than any login).
+        limit = self.settings.max_login_bytes if self.settings.userid_attribute else MAX_DN_BYTES
+        if not self._text_within(userid, limit):
             return False
         entry = self._find_entry(identity, userid)
         if entry is None:
@@ -934,7 +1334,7 @@ class LdapMetadataProvider(_LdapPlugin):
         if not isinstance(dn, str) or not dn:
             dn = userid if s.userid_attribute is None else None
         if dn is not None:
-            if not self._within_base(dn):
+            if not self._text_within(dn, MAX_DN_BYTES) or not self._within_base(dn):
                 return None
             if not self._ldap_attributes:
                 return _Entry(dn, {})  # nothing to read; groups need only the DN
@@ -955,7 +1355,8 @@ class LdapMetadataProvider(_LdapPlugin):
         g = self.groups
         assert g is not None
         login = identity.get(self.settings.login_item)
-        if "login" in g.filter.fields and not (isinstance(login, str) and _is_utf8(login)):
+        if "login" in g.filter.fields and not self._text_within(login,
+                                                                 self.settings.max_login_bytes):
             return None
         values = {"dn": dn, "userid": userid, "login": login if isinstance(login, str) else ""}
         found = self.directory.search(
@@ -976,16 +1377,21 @@ def make_authenticator(**options: Any) -> LdapAuthenticator:
     ``bind_password`` or ``bind_password_file`` (else searches are anonymous), ``filter``
     (default ``(uid={login})``), ``scope`` (base, one, sub; default sub), ``start_tls``,
     ``tls_ca_file``, ``tls_verify`` (default true), ``connect_timeout`` (default 3) and
-    ``timeout`` (default 5; whole seconds), ``userid_attribute`` (default: the userid is
+    ``timeout`` (default 5; whole seconds), ``retry_after`` (seconds a directory that
+    failed slowly is not asked; default 2), ``userid_attribute`` (default: the userid is
     the DN), ``pool_size`` (idle service connections kept; default 4), ``login_item`` and
-    ``password_item`` (identity keys; default ``login``, ``password``).
+    ``password_item`` (identity keys; default ``login``, ``password``),
+    ``max_login_bytes`` (default 256) and ``max_password_bytes`` (default 1024): longer
+    values (UTF-8) are refused before any work.
     An unknown option or a bad value raises ConfigError naming it.
     """
     opts = Options(options, "ldap authenticator")
     settings = _parse_common(opts)
     password_item = opts.str("password_item", "password") or "password"
-    opts.finish()
-    return LdapAuthenticator(settings, password_item)
+    max_password_bytes = opts.int("max_password_bytes", DEFAULT_MAX_PASSWORD_BYTES, minimum=1,
+                                  maximum=65536)
+    _finish(opts, settings)
+    return LdapAuthenticator(settings, password_item, max_password_bytes)
 
 
 def make_metadata_provider(**options: Any) -> LdapMetadataProvider:
@@ -1001,7 +1407,9 @@ def make_metadata_provider(**options: Any) -> LdapMetadataProvider:
     ``{login}``), and for groups ``group_base_dn`` (enables them), ``group_filter``
     (default ``(&(objectClass=groupOfNames)(member={dn}))``; placeholders ``{dn}``,
     ``{userid}``, ``{login}``), ``group_scope`` (default sub), ``group_attribute``
-    (default cn) and ``groups_item`` (default ``groups``).
+    (default cn) and ``groups_item`` (default ``groups``). ``max_login_bytes`` (default
+    256) bounds the login and, with ``userid_attribute``, the userid it looks up (a DN
+    userid is bounded by :data:`MAX_DN_BYTES`).
     """
     opts = Options(options, "ldap metadata provider")
     settings = _parse_common(opts)
@@ -1034,7 +1442,7 @@ def make_metadata_provider(**options: Any) -> LdapMetadataProvider:
             attribute=group_attribute,
             item=groups_item,
         )
-    opts.finish()
+    _finish(opts, settings)
     if not attributes and groups is None:
         raise ConfigError(
             "ldap metadata provider: nothing to do: give 'attributes' and/or 'group_base_dn'"
