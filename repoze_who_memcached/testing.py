@@ -96,8 +96,7 @@ class PortInUseError(RuntimeError):
         owners = listener_pids(port)
         owner = f" (pid {', '.join(map(str, owners))})" if owners else ""
         super().__init__(
-            f"{name}: port {port} on {host} is already in use by another process{owner}; "
-            f"nothing was started. {hint}"
+            f"{name}: port {port} on {host} is already in use by another process{owner}. {hint}"
         )
 
 

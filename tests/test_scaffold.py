@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from paste.deploy import loadfilter
-from paste.deploy.loadwsgi import ConfigLoader, NicerConfigParser
+from paste.deploy.loadwsgi import FILTER, SERVER, ConfigLoader, NicerConfigParser, loadcontext
 
 from repoze_who_memcached.testing import free_port
 
@@ -107,6 +107,15 @@ def paster_create(paster: Path, where: Path, name: str, *args: str, env: dict | 
     return result
 
 
+def filter_options(ini: Path, variables: dict[str, str] | None = None) -> dict[str, str]:
+    """The options PasteDeploy passes to the auth filter (``get`` lines resolved)."""
+    return loadcontext(FILTER, f"config:{ini}", name="auth", global_conf=variables).local_conf
+
+
+def server_options(ini: Path, variables: dict[str, str] | None = None) -> dict[str, str]:
+    return loadcontext(SERVER, f"config:{ini}", global_conf=variables).local_conf
+
+
 def var_args(values: dict[str, object]) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()]
 
@@ -174,7 +183,7 @@ def test_each_project_gets_a_fresh_random_secret():
     ("ldap_bind_dn", "cn=svc,o=services", "share one naming context"),
     ("ldap_url", "http://example.org", "ldap://host"),
     ("ldap_url", "ldap://host/o=x?uid", "ldap://host"),
-    ("memcached_servers", "host:99999", "host:port"),
+    ("memcached_urls", "host:99999", "host:port"),
     ("http_port", "0", "not a port number"),
     ("http_port", "eighty", "not a port number"),
     ("project", "1abc", "project name"),
@@ -286,7 +295,7 @@ def hostile_project(tmp_path_factory) -> Path:
     paster_create(PASTER, where, "Hostile-Demo", *var_args({
         **HOSTILE_VARS,
         "ldap_url": "ldap://127.0.0.1:1389 ldaps://ldap2.example.org",
-        "memcached_servers": "127.0.0.1:11311, 127.0.0.1:11312",
+        "memcached_urls": "127.0.0.1:11311, 127.0.0.1:11312",
         "http_port": "8089",
     }))
     return where / "Hostile-Demo"
@@ -300,20 +309,28 @@ def test_list_templates_shows_ours_with_a_summary():
 
 
 def test_hostile_values_come_out_exactly_in_every_ini(hostile_project):
-    dev = ConfigLoader(str(hostile_project / "development.ini")).parser
-    assert dev.get("filter:auth", "authenticator.bind_password") == HOSTILE_PASSWORD
-    assert dev.get("filter:auth", "mdprovider.bind_password") == HOSTILE_PASSWORD
-    assert dev.get("filter:auth", "authenticator.base_dn") == HOSTILE_BASE_DN
-    assert dev.get("filter:auth", "authenticator.bind_dn") == HOSTILE_BIND_DN
-    assert dev.get("filter:auth", "memcached_urls") == "127.0.0.1:11311 127.0.0.1:11312"
-    assert dev.get("filter:auth", "authenticator.url") == (
+    dev = filter_options(hostile_project / "development.ini")  # what our filter gets
+    assert dev["authenticator.bind_password"] == HOSTILE_PASSWORD
+    assert dev["mdprovider.bind_password"] == HOSTILE_PASSWORD
+    assert dev["authenticator.base_dn"] == HOSTILE_BASE_DN
+    assert dev["authenticator.bind_dn"] == HOSTILE_BIND_DN
+    assert dev["memcached_urls"] == "127.0.0.1:11311 127.0.0.1:11312"
+    assert dev["authenticator.url"] == dev["mdprovider.url"] == (
         "ldap://127.0.0.1:1389 ldaps://ldap2.example.org:636")
-    assert dev.get("server:main", "port") == "8089"
+    assert server_options(hostile_project / "development.ini")["port"] == "8089"
+    # `make serve HTTP_PORT=... LDAP_URL=... MEMCACHED_URLS=...` reach the app as paster's
+    # name=value variables.
+    chosen = {"ldap_url": "ldap://127.0.0.1:4000", "memcached_urls": "127.0.0.1:4001",
+              "http_port": "4002"}
+    overridden = filter_options(hostile_project / "development.ini", chosen)
+    assert overridden["authenticator.url"] == overridden["mdprovider.url"] == chosen["ldap_url"]
+    assert overridden["memcached_urls"] == chosen["memcached_urls"]
+    assert server_options(hostile_project / "development.ini", chosen)["port"] == "4002"
     who = configparser.ConfigParser(defaults={"here": str(hostile_project)})
     who.read(hostile_project / "who.ini", encoding="utf-8")
     assert who.get("plugin:ldap", "bind_password") == HOSTILE_PASSWORD
     assert who.get("plugin:ldap_metadata", "base_dn") == HOSTILE_BASE_DN
-    assert who.get("plugin:cache", "secret") == dev.get("filter:auth", "secret")
+    assert who.get("plugin:cache", "secret") == dev["secret"]
     prod = ConfigLoader(str(hostile_project / "production.ini")).parser
     assert prod.get("filter:auth", "authenticator.bind_dn") == HOSTILE_BIND_DN
     assert prod.get("filter:auth", "secret_file") == str(hostile_project / "secrets/cache-secret")
@@ -371,14 +388,14 @@ def test_generated_files_are_exactly_the_expected_ones(hostile_project):
 
 def test_interactive_create_asks_for_each_variable(tmp_path):
     answers = ["ldap://127.0.0.1:1389", "ou=users,dc=corp,dc=test", "cn=svc,dc=corp,dc=test",
-               "s3cr%t", "", "127.0.0.1:11311", "8089", "ldap://ldap.corp.test", "mc1 mc2"]
+               "s3cr%t", "", "127.0.0.1:11311", "8089", "ldap://ldap.corp.test", "mc1 mc2", ""]
     result = paster_create(PASTER, tmp_path, "asked", input="\n".join(answers) + "\n")
     for name in ("ldap_url", "ldap_base_dn", "ldap_bind_dn", "ldap_bind_password",
-                 "memcached_servers", "http_port"):
+                 "memcached_urls", "http_port"):
         assert f"Enter {name} (" in result.stdout + result.stderr
-    dev = ConfigLoader(str(tmp_path / "asked" / "development.ini")).parser
-    assert dev.get("filter:auth", "authenticator.bind_password") == "s3cr%t"
-    assert dev.get("filter:auth", "mdprovider.group_base_dn") == "ou=groups,dc=corp,dc=test"
+    dev = filter_options(tmp_path / "asked" / "development.ini")
+    assert dev["authenticator.bind_password"] == "s3cr%t"
+    assert dev["mdprovider.group_base_dn"] == "ou=groups,dc=corp,dc=test"
     prod = ConfigLoader(str(tmp_path / "asked" / "production.ini")).parser
     assert prod.get("filter:auth", "memcached_urls") == "mc1:11211 mc2:11211"
     assert prod.get("filter:auth", "authenticator.start_tls") == "true"  # ldap:// needs it
@@ -562,7 +579,7 @@ def dev_stack(fresh_venv, tmp_path) -> Iterator[tuple[Path, dict[str, int]]]:
     values = {
         **HOSTILE_VARS,
         "ldap_url": f"ldap://127.0.0.1:{ports['ldap']}",
-        "memcached_servers": f"127.0.0.1:{ports['memcached']}",
+        "memcached_urls": f"127.0.0.1:{ports['memcached']}",
         "http_port": ports["http"],
     }
     paster_create(fresh_venv.paster, tmp_path, "e2eproj", *var_args(values), env=fresh_venv.env)
