@@ -417,6 +417,8 @@ class FreshVenv:
     python: Path
     paster: Path
     env: dict[str, str]
+    deps: Path  # the project venv's packages (not ours), for more venvs like this one
+    wheel: Path  # our wheel, installed here by its path
 
     def pip_install(self, *args: str) -> None:
         # The project venv's pip installs into the fresh venv (pip >= 22.3: --python).
@@ -449,37 +451,57 @@ def _build_wheel(tmp: Path) -> Path:
     return wheel
 
 
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory) -> FreshVenv:
-    """A new venv with only our wheel installed; its dependencies come from the project
-    venv through a folder of symlinks that leaves out our own package and its editable
-    hook (a .pth runs ``site.addsitedir`` on it, so namespace .pth files there work).
-    Nothing is downloaded."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    wheel = _build_wheel(tmp)
-    root = tmp / "venv"
+def venv_with_project_deps(root: Path, deps: Path) -> Path:
+    """A new venv (no pip of its own) that sees ``deps`` through a .pth; returns its python.
+
+    ``deps`` is a folder of symlinks to the project venv's packages, leaving out our own
+    package and its editable hook (a .pth runs ``site.addsitedir`` on it, so namespace .pth
+    files there work). Nothing is downloaded: this machine may be offline.
+    """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
                    timeout=120)
     python = root / "bin" / "python"
     purelib = Path(subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True).stdout.strip())
+    hook = f"import site; site.addsitedir({str(deps)!r})\n"
+    (purelib / "_project_venv_deps.pth").write_text(hook)
+    # PasteScript's console script, as pip would have written it had it installed PasteScript.
+    paster = root / "bin" / "paster"
+    paster.write_text(
+        f"#!{python}\nimport sys\nfrom paste.script.command import run\nsys.exit(run())\n")
+    paster.chmod(0o755)
+    return python
+
+
+def offline_environment(root: Path) -> dict[str, str]:
+    """This process's environment for a venv at ``root``, with pip offline: no index, no
+    find-links, no config file (so nothing is fetched from anywhere)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_"))}
+    env.update(PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root),
+               PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> FreshVenv:
+    """A new venv with only our wheel installed (by path, as a user would install a wheel
+    they were given); its dependencies come from the project venv (venv_with_project_deps).
+    """
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(tmp)
     deps = tmp / "deps"
     deps.mkdir()
     project_site = Path(sysconfig.get_paths()["purelib"])
     for entry in project_site.iterdir():
         if not entry.name.startswith(("repoze_who_memcached", "__editable__", "__pycache__")):
             (deps / entry.name).symlink_to(entry)
-    hook = f"import site; site.addsitedir({str(deps)!r})\n"
-    (purelib / "_project_venv_deps.pth").write_text(hook)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root))
-    venv = FreshVenv(root, python, root / "bin" / "paster", env)
+    root = tmp / "venv"
+    python = venv_with_project_deps(root, deps)
+    venv = FreshVenv(root, python, root / "bin" / "paster", offline_environment(root), deps,
+                     wheel)
     venv.pip_install(str(wheel))
-    # PasteScript's console script, as pip would have written it had it installed PasteScript.
-    venv.paster.write_text(
-        f"#!{python}\nimport sys\nfrom paste.script.command import run\nsys.exit(run())\n")
-    venv.paster.chmod(0o755)
     return venv
 
 
@@ -573,31 +595,45 @@ def _pids_with_args(*args: str) -> list[int]:
 
 @pytest.fixture
 def dev_stack(fresh_venv, tmp_path) -> Iterator[tuple[Path, dict[str, int]]]:
-    """A project created from the wheel (hostile DNs and password, free ports), installed
-    into the fresh venv, then ``python devstack.py`` (what ``make serve`` runs) started."""
+    """A project created from the wheel (hostile DNs and password, free ports), then its own
+    ``make serve``, offline: the Makefile installs the project into its own venv, and with
+    it repoze_who_memcached from the wheel file setup.py names (the venv is made beforehand
+    only to hand it the other dependencies, which this offline machine cannot download).
+    The HTTP port is chosen with ``make serve HTTP_PORT=...``."""
     ports = {"ldap": free_port(), "memcached": free_port(), "http": free_port()}
     values = {
         **HOSTILE_VARS,
         "ldap_url": f"ldap://127.0.0.1:{ports['ldap']}",
         "memcached_urls": f"127.0.0.1:{ports['memcached']}",
-        "http_port": ports["http"],
+        "http_port": free_port(),  # development.ini's; HTTP_PORT below overrides it
     }
     paster_create(fresh_venv.paster, tmp_path, "e2eproj", *var_args(values), env=fresh_venv.env)
     project = tmp_path / "e2eproj"
-    fresh_venv.pip_install("-e", str(project))
-    log = tmp_path / "devstack.log"
+    setup_py = (project / "setup.py").read_text()
+    assert f"repoze_who_memcached[paster] @ {fresh_venv.wheel.as_uri()}" in setup_py
+    project_venv = project / ".venv"
+    venv_with_project_deps(project_venv, fresh_venv.deps)
+    log = tmp_path / "make-serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(fresh_venv.python), "devstack.py"], cwd=project,
-                                   env=fresh_venv.env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(["make", "serve", f"HTTP_PORT={ports['http']}"], cwd=project,
+                                   env=offline_environment(project_venv), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_http(ports["http"], process, log)
+        _wait_for_http(ports["http"], process, log, timeout=180)
+        installed = subprocess.run(
+            [str(project_venv / "bin" / "python"), "-c",
+             "import repoze_who_memcached, sys; sys.stdout.write(repoze_who_memcached.__file__)"],
+            cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60).stdout
+        assert installed.startswith(str(project_venv)), installed  # from the wheel, here
         yield project, ports
         slapd_pid = int((project / "var" / "slapd" / "slapd.pid").read_text())  # gone at exit
         # Ctrl-C's path: devstack.py stops the app, then slapd and memcached, by their pids.
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) in (0, 128 + signal.SIGTERM), log.read_text()
-        assert "devstack: stopped slapd and memcached" in log.read_text()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+        deadline = time.monotonic() + 30
+        while "devstack: stopped slapd and memcached" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
         assert not Path(f"/proc/{slapd_pid}").exists() or _is_zombie(slapd_pid)
         assert not _pids_with_args("-p", str(ports["memcached"]))
     finally:
@@ -658,8 +694,10 @@ def test_generated_project_serves_ldap_logins_cached_in_memcached(dev_stack, fre
         "auth = {'Authorization': 'Basic ' + base64.b64encode(b'bob:builder').decode()}\n"
         "print(json.dumps([app.get('/?format=json', headers=auth).json for _ in range(2)]))\n"
     )
-    out = subprocess.run([str(fresh_venv.python), "-c", check,
-                          str(project / "development-who.ini")], env=fresh_venv.env,
+    project_python = project / ".venv" / "bin" / "python"  # where make serve installed it
+    out = subprocess.run([str(project_python), "-c", check,
+                          str(project / "development-who.ini")],
+                         env=offline_environment(project / ".venv"),
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     first, second = json.loads(out.stdout.splitlines()[-1])
