@@ -437,19 +437,21 @@ def unknown_variables(names: Iterable[str]) -> list[str]:
 
 
 def variables_table() -> str:
-    """The template's variables and defaults as an RST table (both READMEs show it)."""
-    rows = [(v.name, "(random)" if v.name == "ldap_bind_password" else
-             ("(empty)" if v.default in ("", NoDefault) else str(v.default)), v.description)
-            for v in TEMPLATE_VARS]
-    widths = [max(len(h), *(len(r[i]) for r in rows))
-              for i, h in enumerate(("variable", "default", "meaning"))]
-    rule = "  ".join("=" * w for w in widths)
-    lines = [rule, "  ".join(h.ljust(w) for h, w in zip(("variable", "default", "meaning"),
-                                                        widths, strict=True)).rstrip(), rule]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-              for r in rows]
-    lines.append(rule)
-    return "\n".join(lines)
+    """The template's variables and defaults as an RST definition list (both READMEs).
+
+    A list, not a table: some defaults and descriptions are too long for a readable one.
+    """
+    entries = []
+    for v in TEMPLATE_VARS:
+        if v.name == "ldap_bind_password":
+            default = "random"
+        elif v.default in ("", NoDefault):
+            default = "empty"
+        else:
+            default = f"``{v.default}``"
+        description = v.description.replace("`", "``")
+        entries.append(f"``{v.name}`` (default: {default})\n    {description}")
+    return "\n".join(entries)
 
 
 def requirement_from_install(

@@ -50,8 +50,10 @@ with warnings.catch_warnings():
         ldif_line,
         prepare_vars,
         remove_copied_pycache,
+        requirement_from_install,
         slapd_quote,
         template_root,
+        variables_table,
     )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -406,6 +408,111 @@ def test_a_refused_value_writes_nothing(tmp_path):
     assert result.returncode != 0
     assert "ldap_bind_password" in result.stdout and "spaces" in result.stdout
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize(("args", "named", "hint"), [
+    (["ldap_ulr=ldap://x"], "'ldap_ulr'", "did you mean ldap_url?"),
+    (["memcached_servers=127.0.0.1:1"], "'memcached_servers'", "memcached_urls now"),
+    (["http_port=8080", "colour=blue"], "'colour'", "Nothing was written"),
+])
+def test_an_unknown_variable_is_refused_naming_it(tmp_path, args, named, hint):
+    result = paster_create(PASTER, tmp_path, "typo", *args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"unknown variable {named}" in output and hint in output
+    assert "memcached_urls" in output  # the list of what it takes
+    assert not (tmp_path / "typo").exists()
+
+
+def _dist_with(tmp_path: Path, direct_url: dict | None):
+    """A real installed-distribution record (a dist-info folder) with this direct_url.json."""
+    import importlib.metadata
+
+    info = tmp_path / "repoze_who_memcached-9.8.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: repoze_who_memcached\n"
+                                   "Version: 9.8\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+    return importlib.metadata.PathDistribution(info)
+
+
+def test_requirement_names_where_the_install_came_from(tmp_path):
+    wheel = tmp_path / "repoze_who_memcached-9.8-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    checkout = tmp_path / "check out"
+    checkout.mkdir()
+    cases = [
+        (None, "repoze_who_memcached[paster]>=9.8"),  # from an index
+        ({"url": wheel.as_uri(), "archive_info": {}}, f"repoze_who_memcached[paster] @ "
+         f"{wheel.as_uri()}"),
+        ({"url": checkout.as_uri(), "dir_info": {"editable": True}},
+         "repoze_who_memcached[paster] @ " + checkout.as_uri()),
+        ({"url": "https://git.example.org/rwm.git",
+          "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
+         "repoze_who_memcached[paster] @ git+https://git.example.org/rwm.git@abc123"),
+    ]
+    for n, (direct_url, expected) in enumerate(cases):
+        where = tmp_path / str(n)
+        where.mkdir()
+        assert requirement_from_install(_dist_with(where, direct_url)) == expected
+    assert "%20" in checkout.as_uri()  # a space stays a valid requirement
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    with pytest.raises(TemplateValueError, match="repoze_who_memcached_requirement"):
+        requirement_from_install(_dist_with(gone, {"url": (tmp_path / "x.whl").as_uri(),
+                                                    "archive_info": {}}))
+
+
+def test_requirement_can_be_given_and_is_checked():
+    given = prepare_vars(base_vars(repoze_who_memcached_requirement="repoze-who-memcached>=1"))
+    assert given["rwm_requirement"] == "repoze-who-memcached>=1"
+    with pytest.raises(TemplateValueError, match="repoze_who_memcached_requirement"):
+        prepare_vars(base_vars(repoze_who_memcached_requirement="requests"))
+    # From this checkout (an editable install), the source tree by its file:// URL.
+    assert prepare_vars(base_vars())["rwm_requirement"] == (
+        f"repoze_who_memcached[paster] @ {REPO.as_uri()}")
+
+
+def test_both_readmes_list_every_variable_with_its_default(hostile_project):
+    table = variables_table()
+    assert table in (REPO / "README.rst").read_text(encoding="utf-8")
+    assert table in (hostile_project / "README.rst").read_text(encoding="utf-8")
+    for name in ("ldap_url", "memcached_urls", "http_port", "production_memcached_urls",
+                 "repoze_who_memcached_requirement"):
+        assert re.search(rf"^``{name}`` \(default: \S", table, re.M), name
+
+
+def test_generated_devstack_refuses_a_taken_port(hostile_project, tmp_path):
+    """development.ini's memcached port (or slapd's, or HTTP's) is taken: devstack.py stops
+    before serving, names the port and the make variable, and leaves nothing running."""
+    import socket
+
+    for env_name, value in (("MEMCACHED_URLS", "127.0.0.1:{port}"),
+                            ("LDAP_URL", "ldap://127.0.0.1:{port}"), ("HTTP_PORT", "{port}")):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", free_port()))
+            listener.listen()
+            port = listener.getsockname()[1]
+            env = {**os.environ, env_name: value.format(port=port)}
+            result = subprocess.run([sys.executable, "devstack.py", "--var", str(tmp_path)],
+                                    cwd=hostile_project, env=env, capture_output=True,
+                                    text=True, timeout=60, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"port {port} is already in use" in result.stderr
+        assert f"make serve {env_name}=" in result.stderr
+        assert "Nothing is left running" in result.stderr
+        assert not _pids_with_args("-f", str(hostile_project / "dev" / "slapd.conf"))
+        assert not _pids_with_args("-p", "11311") and not _pids_with_args("-p", "11312")
+
+
+def test_generated_devstack_refuses_an_override_the_ini_ignores(hostile_project):
+    env = {**os.environ, "MEMCACHED_URLS": "127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "devstack.py", "--ini", "development-who.ini"],
+                            cwd=hostile_project, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    assert "MEMCACHED_URLS" in result.stderr and "who.ini" in result.stderr
 
 
 # ================================================================== from a wheel, in a fresh venv
