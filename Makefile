@@ -14,6 +14,7 @@ SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin
 help:
 	@echo "make test   - set up everything, then run the test suite (real memcached and slapd)"
 	@echo "make serve  - set up everything, then run the demo stack on http://127.0.0.1:6543/"
+	@echo "              (other ports: make serve HTTP_PORT=N MEMCACHED_PORT=N SLAPD_PORT=N)"
 	@echo "make bench  - run the benchmarks; writes benchmarks/results/latest.md"
 	@echo "make lint   - ruff"
 
@@ -44,9 +45,17 @@ test: venv system-deps
 lint: venv
 	$(BIN)/ruff check .
 
+# The ports of `make serve`; choose others with `make serve MEMCACHED_PORT=N ...` (or in the
+# environment). A taken port stops it with a message naming the port.
+MEMCACHED_PORT ?= 22122
+SLAPD_PORT     ?= 3890
+HTTP_PORT      ?= 6543
+# Where `make serve` keeps the servers' state (the users, the cache secret).
+SERVE_VAR      ?= var
+
 serve: venv system-deps
-	$(BIN)/python -m repoze_who_memcached.devstack --var ./var -- \
-	    $(BIN)/paster serve development.ini --reload
+	$(BIN)/python -m repoze_who_memcached.devstack --var $(SERVE_VAR) --serve development.ini \
+	    --memcached-port $(MEMCACHED_PORT) --slapd-port $(SLAPD_PORT) --http-port $(HTTP_PORT)
 
 bench: venv system-deps
 	$(BIN)/python -m benchmarks.run

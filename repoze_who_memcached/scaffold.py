@@ -23,8 +23,12 @@ setup.py installs as the package ``repoze_who_memcached.paster_templates``; we f
 from __future__ import annotations
 
 import base64
+import contextlib
+import difflib
 import hashlib
+import importlib.metadata
 import importlib.resources
+import json
 import keyword
 import os
 import re
@@ -36,7 +40,7 @@ from typing import Any
 
 from ldap3.core.exceptions import LDAPInvalidDnError
 from ldap3.utils.dn import parse_dn as ldap3_parse_dn
-from paste.script.command import BadCommand
+from paste.script.command import BadCommand, NoDefault
 from paste.script.templates import Template, var
 from paste.util.template import paste_script_template_renderer
 
@@ -58,6 +62,9 @@ _PROJECT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*$")
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
 _LDAP_URL = re.compile(rf"^(ldaps?)://({_HOST})(?::([0-9]{{1,5}}))?/?$", re.IGNORECASE)
 _HOST_PORT = re.compile(rf"^({_HOST})(?::([0-9]{{1,5}}))?$")
+# A PEP 508 requirement of our distribution: its name (any spelling), then extras,
+# a version or "@ URL", or nothing.
+_OUR_REQUIREMENT = re.compile(r"^repoze[-_.]who[-_.]memcached\s*(?:$|[\[<>=!~@;\s])", re.I)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
 
 # Object classes of the entries the dev directory needs above the users, by RDN type.
@@ -326,7 +333,7 @@ def _url_text(urls: list[tuple[str, str, int]]) -> str:
     return " ".join(f"{scheme}://{host}:{port}" for scheme, host, port in urls)
 
 
-def _memcached_servers(value: str, name: str) -> str:
+def _memcached_urls(value: str, name: str) -> str:
     words = value.replace(",", " ").split()
     if not words:
         raise TemplateValueError(f"{name}: give at least one host:port")
@@ -391,15 +398,139 @@ TEMPLATE_VARS = [
         default="", should_echo=False),
     var("ldap_group_base_dn", "DN under which groups are searched (empty: ou=groups under "
         "the base DN's suffix)", default=""),
-    var("memcached_servers", "memcached host:port for development.ini, separated by spaces; "
+    var("memcached_urls", "memcached host:port for development.ini, separated by spaces; "
         "`make serve` starts the 127.0.0.1 ones", default="127.0.0.1:22122"),
     var("http_port", "port development.ini serves on (127.0.0.1)", default="6543"),
     var("production_ldap_url", "LDAP server(s) for production.ini",
         default="ldaps://ldap.example.org"),
-    var("production_memcached_servers", "memcached servers for production.ini",
+    var("production_memcached_urls", "memcached servers for production.ini",
         default="memcached1.example.org:11211 memcached2.example.org:11211 "
         "memcached3.example.org:11211"),
+    var("repoze_who_memcached_requirement", "how setup.py requires repoze_who_memcached "
+        "(empty: from where this copy was installed, see README)", default=""),
 ]
+TEMPLATE_VAR_NAMES = frozenset(v.name for v in TEMPLATE_VARS)
+# What PasteScript itself puts in the variables, from the command's own arguments.
+PASTER_VARS = frozenset({"project", "package", "egg"})
+# Earlier names of variables, refused with a pointer to the new one.
+RENAMED_VARS = {
+    "memcached_servers": "memcached_urls",
+    "production_memcached_servers": "production_memcached_urls",
+}
+
+
+def unknown_variables(names: Iterable[str]) -> list[str]:
+    """One message per variable this template does not take, with the likely intended one.
+
+    paster accepts any ``name=value`` and ignores what no template reads: a misspelt
+    ``ldap_ulr=`` would silently give the default. We refuse it instead.
+    """
+    messages = []
+    for name in sorted(set(names) - TEMPLATE_VAR_NAMES - PASTER_VARS):
+        if name in RENAMED_VARS:
+            hint = f" (it is called {RENAMED_VARS[name]} now, like the plugin's option)"
+        else:
+            close = difflib.get_close_matches(name, sorted(TEMPLATE_VAR_NAMES), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        messages.append(f"unknown variable {name!r}{hint}")
+    return messages
+
+
+def variables_table() -> str:
+    """The template's variables and defaults as an RST definition list (both READMEs).
+
+    A list, not a table: some defaults and descriptions are too long for a readable one.
+    """
+    entries = []
+    for v in TEMPLATE_VARS:
+        if v.name == "ldap_bind_password":
+            default = "random"
+        elif v.default in ("", NoDefault):
+            default = "empty"
+        else:
+            default = f"``{v.default}``"
+        description = v.description.replace("`", "``")
+        entries.append(f"``{v.name}`` (default: {default})\n    {description}")
+    return "\n".join(entries)
+
+
+def requirement_from_install(
+    distribution: importlib.metadata.Distribution | None = None,
+) -> str:
+    """How the generated setup.py requires repoze_who_memcached: from where this copy came.
+
+    PEP 610's ``direct_url.json`` in the installed distribution says where pip took it:
+    a source tree (editable or not) or an archive (a wheel file, an sdist, a URL), or a VCS
+    checkout. A project generated from a wheel nobody published must not ask an index for
+    it (it would fail with "No matching distribution"): it names the same place. Without
+    ``direct_url.json`` the copy came from an index, and a version requirement is right.
+    """
+    dist = distribution or _our_distribution()
+    name = "repoze_who_memcached[paster]"
+    text = dist.read_text("direct_url.json")
+    if not text:
+        return f"{name}>={dist.version}"
+    info = json.loads(text)
+    url = info["url"]
+    if "vcs_info" in info:
+        vcs = info["vcs_info"]
+        url = f"{vcs['vcs']}+{url}@{vcs.get('commit_id') or vcs.get('requested_revision')}"
+    if url.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        path = Path(unquote(urlsplit(url).path))
+        if not path.exists():
+            raise TemplateValueError(
+                f"repoze_who_memcached_requirement: this repoze_who_memcached was installed "
+                f"from {str(path)!r}, which is gone; give repoze_who_memcached_requirement="
+                "'repoze_who_memcached[paster] @ file:///path/to/the.whl' (or a version)"
+            )
+    if info.get("subdirectory"):
+        url += f"#subdirectory={info['subdirectory']}"
+    return f"{name} @ {url}"
+
+
+def _our_distribution() -> importlib.metadata.Distribution:
+    """The installed distribution this very module was loaded from.
+
+    Not simply the first ``repoze_who_memcached`` on sys.path: a source checkout can hold a
+    stale ``*.egg-info`` (from a build) that Python finds before the editable install's
+    dist-info, and only the latter's ``direct_url.json`` says where the install came from.
+    """
+    here = Path(__file__).resolve()
+    fallback = None
+    for dist in importlib.metadata.distributions(name="repoze_who_memcached"):
+        text = dist.read_text("direct_url.json")
+        if text:
+            info = json.loads(text)
+            if info.get("dir_info", {}).get("editable"):
+                from urllib.parse import unquote, urlsplit
+
+                source = Path(unquote(urlsplit(info["url"]).path)).resolve()
+                if here.is_relative_to(source):
+                    return dist
+                continue
+        with contextlib.suppress(OSError, TypeError):
+            if Path(dist.locate_file("repoze_who_memcached/scaffold.py")).resolve() == here:
+                if text:
+                    return dist
+                fallback = fallback or dist
+    return fallback or importlib.metadata.distribution("repoze_who_memcached")
+
+
+def _requirement(value: str, name: str) -> str:
+    """The given requirement (checked for setup.py), or the one from this install."""
+    value = value.strip()
+    if not value:
+        return requirement_from_install()
+    _check_line(value, name)
+    if not _OUR_REQUIREMENT.match(value):
+        raise TemplateValueError(
+            f"{name}: {value!r} must be a requirement of repoze_who_memcached, such as "
+            "'repoze_who_memcached[paster]>=1.0' or "
+            "'repoze_who_memcached[paster] @ file:///path/to/the.whl'"
+        )
+    return value
 
 
 def prepare_vars(vars: Mapping[str, Any]) -> dict[str, Any]:
@@ -429,14 +560,17 @@ def prepare_vars(vars: Mapping[str, Any]) -> dict[str, Any]:
         "ldap_bind_password": password,
         "ldap_bind_password_generated": generated,
         "ldap_group_base_dn": group_base.text,
-        "memcached_servers": _memcached_servers(get["memcached_servers"], "memcached_servers"),
+        "memcached_urls": _memcached_urls(get["memcached_urls"], "memcached_urls"),
         "http_port": _port(get["http_port"], "http_port"),
         "production_ldap_url": _url_text(prod_urls),
         # ldaps:// is encrypted from the first byte; a plain ldap:// URL needs STARTTLS.
         "production_start_tls": "false" if all(s == "ldaps" for s, _, _ in prod_urls) else "true",
-        "production_memcached_servers": _memcached_servers(
-            get["production_memcached_servers"], "production_memcached_servers"
+        "production_memcached_urls": _memcached_urls(
+            get["production_memcached_urls"], "production_memcached_urls"
         ),
+        "rwm_requirement": _requirement(get["repoze_who_memcached_requirement"],
+                                        "repoze_who_memcached_requirement"),
+        "variables_table": variables_table(),
         "secret": secrets.token_urlsafe(32),
         "dev_suffix": suffix.text,
         "dev_tree_ldif": tree,
@@ -497,6 +631,17 @@ class LdapDeploymentTemplate(Template):
     def template_dir(self) -> str:
         # An absolute path: PasteScript 3.7's (package, path) form is broken (bytes.encode).
         return str(template_root())
+
+    def check_vars(self, vars: Mapping[str, Any], cmd: Any) -> dict[str, Any]:
+        """Refuse variables this template does not take, before asking for or writing any."""
+        unknown = unknown_variables(vars)
+        if unknown:
+            raise BadCommand(
+                f"{TEMPLATE_NAME}: {'; '.join(unknown)}. Nothing was written. Its variables "
+                f"are: {', '.join(v.name for v in TEMPLATE_VARS)} "
+                "(paster create -t repoze_who_memcached_ldap --list-variables)"
+            )
+        return super().check_vars(vars, cmd)
 
     def pre(self, command: Any, output_dir: str, vars: MutableMapping[str, Any]) -> None:
         """Validate every variable before a single file is written."""

@@ -9,8 +9,10 @@ a temporary folder and is stopped (by its own pid) when the context manager exit
         plugin = make_plugin(memcached_urls=memcached.url, ...)
 
 Servers can also be paused (SIGSTOP, to imitate a hung server), resumed, stopped and
-started again on the same port mid-test. Nothing here is a fake: the point is to test
-against the real thing.
+started again on the same port mid-test. A server given a port some other process listens
+on raises :class:`PortInUseError` (naming the port) and leaves nothing running: it is never
+reported started while someone else answers on its port. Nothing here is a fake: the
+point is to test against the real thing.
 """
 
 from __future__ import annotations
@@ -80,6 +82,93 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0, proc=None) -> Non
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.01)
+
+
+class PortInUseError(RuntimeError):
+    """A server's port is taken by a process that is not the server we started.
+
+    The message names the server, the port, the other process when /proc tells (only
+    processes of the same user are visible), and ``hint``: how the caller picks another.
+    """
+
+    def __init__(self, name: str, host: str, port: int, hint: str) -> None:
+        self.name, self.host, self.port, self.hint = name, host, port, hint
+        owners = listener_pids(port)
+        owner = f" (pid {', '.join(map(str, owners))})" if owners else ""
+        super().__init__(
+            f"{name}: port {port} on {host} is already in use by another process{owner}. {hint}"
+        )
+
+
+# Linux shows which process holds which listening socket; elsewhere we cannot check.
+CAN_SEE_LISTENERS = os.path.exists("/proc/net/tcp")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (a bind test, as the server binds).
+
+    ``SO_REUSEADDR``, as memcached and slapd set it: a port left in TIME_WAIT by an earlier
+    run counts as free, a port some process listens on (on this address or on all) does not.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError:
+            return False
+    return True
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets (IPv4 and IPv6) listening on ``port``, from /proc/net."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f, None)  # the header
+                for line in f:
+                    fields = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN; field 9 the inode.
+                    if (len(fields) > 9 and fields[3] == "0A"
+                            and int(fields[1].rsplit(":", 1)[1], 16) == port):
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets process ``pid`` holds open (empty if we may not look)."""
+    inodes = set()
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        for fd in fd_dir.iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a socket listening on TCP ``port`` (Linux /proc)."""
+    listening = _listening_inodes(port)
+    return bool(listening) and bool(listening & _socket_inodes(pid))
+
+
+def listener_pids(port: int) -> list[int]:
+    """The processes we can see that listen on TCP ``port``, for error messages."""
+    listening = _listening_inodes(port)
+    if not listening:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and listening & _socket_inodes(int(entry.name)):
+            pids.append(int(entry.name))
+    return sorted(pids)
 
 
 def make_self_signed_certificate(directory: Path, hostname: str = "localhost") -> tuple[Path, Path]:
@@ -152,18 +241,50 @@ class _ServerProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def port_hint(self) -> str:
+        """How to pick another port, for :class:`PortInUseError` (callers may say better)."""
+        return (f"give {type(self).__name__}(port=...) another port, or no port for a free "
+                "one (repoze_who_memcached.testing.free_port)")
+
+    def check_port_free(self) -> None:
+        """Raise :class:`PortInUseError` if another process listens on our port already.
+
+        A server started on a taken port dies with "Address already in use", while a probe
+        that connects is answered by the other process: without this check (and the one
+        after the start) we would report a server started that is not ours.
+        """
+        if not port_is_free(self.host, self.port):
+            raise PortInUseError(self.name, self.host, self.port, self.port_hint())
+
     def start(self, timeout: float = 10.0) -> _ServerProcess:
+        """Start the server and return once it listens; it is ours, alive, or we raise.
+
+        Before: the port must be free. After: our child must still run and hold the
+        listening socket (checked in /proc), so a process that took the port meanwhile is
+        never mistaken for ours. On any failure the child is stopped: nothing is left.
+        """
         if self.running:
             return self
+        self.check_port_free()
         self._log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             self.command(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
             wait_for_port(self.host, self.port, timeout, self.process)
+            if CAN_SEE_LISTENERS and not listens_on(self.process.pid, self.port):
+                raise PortInUseError(self.name, self.host, self.port, self.port_hint())
+            if self.process.poll() is not None:
+                raise RuntimeError(f"exited with status {self.process.returncode}")
+        except PortInUseError:
+            self.stop()
+            raise
         except Exception:
             self.stop()
-            raise RuntimeError(f"{self.name} failed to start: {self.read_log()[-2000:]}") from None
+            log = self.read_log()[-2000:]
+            if "Address already in use" in log or not port_is_free(self.host, self.port):
+                raise PortInUseError(self.name, self.host, self.port, self.port_hint()) from None
+            raise RuntimeError(f"{self.name} failed to start: {log}") from None
         return self
 
     def stop(self) -> None:
@@ -446,6 +567,8 @@ class SlapdServer(_ServerProcess):
                 raise RuntimeError(f"slapadd failed ({result.returncode}): {result.stderr}")
 
     def start(self, timeout: float = 10.0) -> SlapdServer:
+        if not self.running:
+            self.check_port_free()  # before slapadd: a taken port fails at once
         self.prepare()
         super().start(timeout)
         return self

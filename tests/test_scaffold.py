@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 from paste.deploy import loadfilter
-from paste.deploy.loadwsgi import ConfigLoader, NicerConfigParser
+from paste.deploy.loadwsgi import FILTER, SERVER, ConfigLoader, NicerConfigParser, loadcontext
 
 from repoze_who_memcached.testing import free_port
 
@@ -50,8 +50,10 @@ with warnings.catch_warnings():
         ldif_line,
         prepare_vars,
         remove_copied_pycache,
+        requirement_from_install,
         slapd_quote,
         template_root,
+        variables_table,
     )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,6 +107,15 @@ def paster_create(paster: Path, where: Path, name: str, *args: str, env: dict | 
     if check:
         assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def filter_options(ini: Path, variables: dict[str, str] | None = None) -> dict[str, str]:
+    """The options PasteDeploy passes to the auth filter (``get`` lines resolved)."""
+    return loadcontext(FILTER, f"config:{ini}", name="auth", global_conf=variables).local_conf
+
+
+def server_options(ini: Path, variables: dict[str, str] | None = None) -> dict[str, str]:
+    return loadcontext(SERVER, f"config:{ini}", global_conf=variables).local_conf
 
 
 def var_args(values: dict[str, object]) -> list[str]:
@@ -174,7 +185,7 @@ def test_each_project_gets_a_fresh_random_secret():
     ("ldap_bind_dn", "cn=svc,o=services", "share one naming context"),
     ("ldap_url", "http://example.org", "ldap://host"),
     ("ldap_url", "ldap://host/o=x?uid", "ldap://host"),
-    ("memcached_servers", "host:99999", "host:port"),
+    ("memcached_urls", "host:99999", "host:port"),
     ("http_port", "0", "not a port number"),
     ("http_port", "eighty", "not a port number"),
     ("project", "1abc", "project name"),
@@ -286,7 +297,7 @@ def hostile_project(tmp_path_factory) -> Path:
     paster_create(PASTER, where, "Hostile-Demo", *var_args({
         **HOSTILE_VARS,
         "ldap_url": "ldap://127.0.0.1:1389 ldaps://ldap2.example.org",
-        "memcached_servers": "127.0.0.1:11311, 127.0.0.1:11312",
+        "memcached_urls": "127.0.0.1:11311, 127.0.0.1:11312",
         "http_port": "8089",
     }))
     return where / "Hostile-Demo"
@@ -300,20 +311,28 @@ def test_list_templates_shows_ours_with_a_summary():
 
 
 def test_hostile_values_come_out_exactly_in_every_ini(hostile_project):
-    dev = ConfigLoader(str(hostile_project / "development.ini")).parser
-    assert dev.get("filter:auth", "authenticator.bind_password") == HOSTILE_PASSWORD
-    assert dev.get("filter:auth", "mdprovider.bind_password") == HOSTILE_PASSWORD
-    assert dev.get("filter:auth", "authenticator.base_dn") == HOSTILE_BASE_DN
-    assert dev.get("filter:auth", "authenticator.bind_dn") == HOSTILE_BIND_DN
-    assert dev.get("filter:auth", "memcached_urls") == "127.0.0.1:11311 127.0.0.1:11312"
-    assert dev.get("filter:auth", "authenticator.url") == (
+    dev = filter_options(hostile_project / "development.ini")  # what our filter gets
+    assert dev["authenticator.bind_password"] == HOSTILE_PASSWORD
+    assert dev["mdprovider.bind_password"] == HOSTILE_PASSWORD
+    assert dev["authenticator.base_dn"] == HOSTILE_BASE_DN
+    assert dev["authenticator.bind_dn"] == HOSTILE_BIND_DN
+    assert dev["memcached_urls"] == "127.0.0.1:11311 127.0.0.1:11312"
+    assert dev["authenticator.url"] == dev["mdprovider.url"] == (
         "ldap://127.0.0.1:1389 ldaps://ldap2.example.org:636")
-    assert dev.get("server:main", "port") == "8089"
+    assert server_options(hostile_project / "development.ini")["port"] == "8089"
+    # `make serve HTTP_PORT=... LDAP_URL=... MEMCACHED_URLS=...` reach the app as paster's
+    # name=value variables.
+    chosen = {"ldap_url": "ldap://127.0.0.1:4000", "memcached_urls": "127.0.0.1:4001",
+              "http_port": "4002"}
+    overridden = filter_options(hostile_project / "development.ini", chosen)
+    assert overridden["authenticator.url"] == overridden["mdprovider.url"] == chosen["ldap_url"]
+    assert overridden["memcached_urls"] == chosen["memcached_urls"]
+    assert server_options(hostile_project / "development.ini", chosen)["port"] == "4002"
     who = configparser.ConfigParser(defaults={"here": str(hostile_project)})
     who.read(hostile_project / "who.ini", encoding="utf-8")
     assert who.get("plugin:ldap", "bind_password") == HOSTILE_PASSWORD
     assert who.get("plugin:ldap_metadata", "base_dn") == HOSTILE_BASE_DN
-    assert who.get("plugin:cache", "secret") == dev.get("filter:auth", "secret")
+    assert who.get("plugin:cache", "secret") == dev["secret"]
     prod = ConfigLoader(str(hostile_project / "production.ini")).parser
     assert prod.get("filter:auth", "authenticator.bind_dn") == HOSTILE_BIND_DN
     assert prod.get("filter:auth", "secret_file") == str(hostile_project / "secrets/cache-secret")
@@ -371,14 +390,14 @@ def test_generated_files_are_exactly_the_expected_ones(hostile_project):
 
 def test_interactive_create_asks_for_each_variable(tmp_path):
     answers = ["ldap://127.0.0.1:1389", "ou=users,dc=corp,dc=test", "cn=svc,dc=corp,dc=test",
-               "s3cr%t", "", "127.0.0.1:11311", "8089", "ldap://ldap.corp.test", "mc1 mc2"]
+               "s3cr%t", "", "127.0.0.1:11311", "8089", "ldap://ldap.corp.test", "mc1 mc2", ""]
     result = paster_create(PASTER, tmp_path, "asked", input="\n".join(answers) + "\n")
     for name in ("ldap_url", "ldap_base_dn", "ldap_bind_dn", "ldap_bind_password",
-                 "memcached_servers", "http_port"):
+                 "memcached_urls", "http_port"):
         assert f"Enter {name} (" in result.stdout + result.stderr
-    dev = ConfigLoader(str(tmp_path / "asked" / "development.ini")).parser
-    assert dev.get("filter:auth", "authenticator.bind_password") == "s3cr%t"
-    assert dev.get("filter:auth", "mdprovider.group_base_dn") == "ou=groups,dc=corp,dc=test"
+    dev = filter_options(tmp_path / "asked" / "development.ini")
+    assert dev["authenticator.bind_password"] == "s3cr%t"
+    assert dev["mdprovider.group_base_dn"] == "ou=groups,dc=corp,dc=test"
     prod = ConfigLoader(str(tmp_path / "asked" / "production.ini")).parser
     assert prod.get("filter:auth", "memcached_urls") == "mc1:11211 mc2:11211"
     assert prod.get("filter:auth", "authenticator.start_tls") == "true"  # ldap:// needs it
@@ -391,6 +410,111 @@ def test_a_refused_value_writes_nothing(tmp_path):
     assert not (tmp_path / "refused").exists()
 
 
+@pytest.mark.parametrize(("args", "named", "hint"), [
+    (["ldap_ulr=ldap://x"], "'ldap_ulr'", "did you mean ldap_url?"),
+    (["memcached_servers=127.0.0.1:1"], "'memcached_servers'", "memcached_urls now"),
+    (["http_port=8080", "colour=blue"], "'colour'", "Nothing was written"),
+])
+def test_an_unknown_variable_is_refused_naming_it(tmp_path, args, named, hint):
+    result = paster_create(PASTER, tmp_path, "typo", *args, check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"unknown variable {named}" in output and hint in output
+    assert "memcached_urls" in output  # the list of what it takes
+    assert not (tmp_path / "typo").exists()
+
+
+def _dist_with(tmp_path: Path, direct_url: dict | None):
+    """A real installed-distribution record (a dist-info folder) with this direct_url.json."""
+    import importlib.metadata
+
+    info = tmp_path / "repoze_who_memcached-9.8.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: repoze_who_memcached\n"
+                                   "Version: 9.8\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+    return importlib.metadata.PathDistribution(info)
+
+
+def test_requirement_names_where_the_install_came_from(tmp_path):
+    wheel = tmp_path / "repoze_who_memcached-9.8-py3-none-any.whl"
+    wheel.write_bytes(b"")
+    checkout = tmp_path / "check out"
+    checkout.mkdir()
+    cases = [
+        (None, "repoze_who_memcached[paster]>=9.8"),  # from an index
+        ({"url": wheel.as_uri(), "archive_info": {}}, f"repoze_who_memcached[paster] @ "
+         f"{wheel.as_uri()}"),
+        ({"url": checkout.as_uri(), "dir_info": {"editable": True}},
+         "repoze_who_memcached[paster] @ " + checkout.as_uri()),
+        ({"url": "https://git.example.org/rwm.git",
+          "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
+         "repoze_who_memcached[paster] @ git+https://git.example.org/rwm.git@abc123"),
+    ]
+    for n, (direct_url, expected) in enumerate(cases):
+        where = tmp_path / str(n)
+        where.mkdir()
+        assert requirement_from_install(_dist_with(where, direct_url)) == expected
+    assert "%20" in checkout.as_uri()  # a space stays a valid requirement
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    with pytest.raises(TemplateValueError, match="repoze_who_memcached_requirement"):
+        requirement_from_install(_dist_with(gone, {"url": (tmp_path / "x.whl").as_uri(),
+                                                    "archive_info": {}}))
+
+
+def test_requirement_can_be_given_and_is_checked():
+    given = prepare_vars(base_vars(repoze_who_memcached_requirement="repoze-who-memcached>=1"))
+    assert given["rwm_requirement"] == "repoze-who-memcached>=1"
+    with pytest.raises(TemplateValueError, match="repoze_who_memcached_requirement"):
+        prepare_vars(base_vars(repoze_who_memcached_requirement="requests"))
+    # From this checkout (an editable install), the source tree by its file:// URL.
+    assert prepare_vars(base_vars())["rwm_requirement"] == (
+        f"repoze_who_memcached[paster] @ {REPO.as_uri()}")
+
+
+def test_both_readmes_list_every_variable_with_its_default(hostile_project):
+    table = variables_table()
+    assert table in (REPO / "README.rst").read_text(encoding="utf-8")
+    assert table in (hostile_project / "README.rst").read_text(encoding="utf-8")
+    for name in ("ldap_url", "memcached_urls", "http_port", "production_memcached_urls",
+                 "repoze_who_memcached_requirement"):
+        assert re.search(rf"^``{name}`` \(default: \S", table, re.M), name
+
+
+def test_generated_devstack_refuses_a_taken_port(hostile_project, tmp_path):
+    """development.ini's memcached port (or slapd's, or HTTP's) is taken: devstack.py stops
+    before serving, names the port and the make variable, and leaves nothing running."""
+    import socket
+
+    for env_name, value in (("MEMCACHED_URLS", "127.0.0.1:{port}"),
+                            ("LDAP_URL", "ldap://127.0.0.1:{port}"), ("HTTP_PORT", "{port}")):
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", free_port()))
+            listener.listen()
+            port = listener.getsockname()[1]
+            env = {**os.environ, env_name: value.format(port=port)}
+            result = subprocess.run([sys.executable, "devstack.py", "--var", str(tmp_path)],
+                                    cwd=hostile_project, env=env, capture_output=True,
+                                    text=True, timeout=60, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"port {port} is already in use" in result.stderr
+        assert f"make serve {env_name}=" in result.stderr
+        assert "Nothing is left running" in result.stderr
+        assert not _pids_with_args("-f", str(hostile_project / "dev" / "slapd.conf"))
+        assert not _pids_with_args("-p", "11311") and not _pids_with_args("-p", "11312")
+
+
+def test_generated_devstack_refuses_an_override_the_ini_ignores(hostile_project):
+    env = {**os.environ, "MEMCACHED_URLS": "127.0.0.1:9"}
+    result = subprocess.run([sys.executable, "devstack.py", "--ini", "development-who.ini"],
+                            cwd=hostile_project, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 1
+    assert "MEMCACHED_URLS" in result.stderr and "who.ini" in result.stderr
+
+
 # ================================================================== from a wheel, in a fresh venv
 
 
@@ -400,6 +524,8 @@ class FreshVenv:
     python: Path
     paster: Path
     env: dict[str, str]
+    deps: Path  # the project venv's packages (not ours), for more venvs like this one
+    wheel: Path  # our wheel, installed here by its path
 
     def pip_install(self, *args: str) -> None:
         # The project venv's pip installs into the fresh venv (pip >= 22.3: --python).
@@ -432,37 +558,57 @@ def _build_wheel(tmp: Path) -> Path:
     return wheel
 
 
-@pytest.fixture(scope="module")
-def fresh_venv(tmp_path_factory) -> FreshVenv:
-    """A new venv with only our wheel installed; its dependencies come from the project
-    venv through a folder of symlinks that leaves out our own package and its editable
-    hook (a .pth runs ``site.addsitedir`` on it, so namespace .pth files there work).
-    Nothing is downloaded."""
-    tmp = tmp_path_factory.mktemp("wheel")
-    wheel = _build_wheel(tmp)
-    root = tmp / "venv"
+def venv_with_project_deps(root: Path, deps: Path) -> Path:
+    """A new venv (no pip of its own) that sees ``deps`` through a .pth; returns its python.
+
+    ``deps`` is a folder of symlinks to the project venv's packages, leaving out our own
+    package and its editable hook (a .pth runs ``site.addsitedir`` on it, so namespace .pth
+    files there work). Nothing is downloaded: this machine may be offline.
+    """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True,
                    timeout=120)
     python = root / "bin" / "python"
     purelib = Path(subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True).stdout.strip())
+    hook = f"import site; site.addsitedir({str(deps)!r})\n"
+    (purelib / "_project_venv_deps.pth").write_text(hook)
+    # PasteScript's console script, as pip would have written it had it installed PasteScript.
+    paster = root / "bin" / "paster"
+    paster.write_text(
+        f"#!{python}\nimport sys\nfrom paste.script.command import run\nsys.exit(run())\n")
+    paster.chmod(0o755)
+    return python
+
+
+def offline_environment(root: Path) -> dict[str, str]:
+    """This process's environment for a venv at ``root``, with pip offline: no index, no
+    find-links, no config file (so nothing is fetched from anywhere)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTHON", "VIRTUAL_ENV", "PIP_"))}
+    env.update(PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root),
+               PIP_NO_INDEX="1", PIP_CONFIG_FILE=os.devnull, PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(tmp_path_factory) -> FreshVenv:
+    """A new venv with only our wheel installed (by path, as a user would install a wheel
+    they were given); its dependencies come from the project venv (venv_with_project_deps).
+    """
+    tmp = tmp_path_factory.mktemp("wheel")
+    wheel = _build_wheel(tmp)
     deps = tmp / "deps"
     deps.mkdir()
     project_site = Path(sysconfig.get_paths()["purelib"])
     for entry in project_site.iterdir():
         if not entry.name.startswith(("repoze_who_memcached", "__editable__", "__pycache__")):
             (deps / entry.name).symlink_to(entry)
-    hook = f"import site; site.addsitedir({str(deps)!r})\n"
-    (purelib / "_project_venv_deps.pth").write_text(hook)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(root))
-    venv = FreshVenv(root, python, root / "bin" / "paster", env)
+    root = tmp / "venv"
+    python = venv_with_project_deps(root, deps)
+    venv = FreshVenv(root, python, root / "bin" / "paster", offline_environment(root), deps,
+                     wheel)
     venv.pip_install(str(wheel))
-    # PasteScript's console script, as pip would have written it had it installed PasteScript.
-    venv.paster.write_text(
-        f"#!{python}\nimport sys\nfrom paste.script.command import run\nsys.exit(run())\n")
-    venv.paster.chmod(0o755)
     return venv
 
 
@@ -556,31 +702,45 @@ def _pids_with_args(*args: str) -> list[int]:
 
 @pytest.fixture
 def dev_stack(fresh_venv, tmp_path) -> Iterator[tuple[Path, dict[str, int]]]:
-    """A project created from the wheel (hostile DNs and password, free ports), installed
-    into the fresh venv, then ``python devstack.py`` (what ``make serve`` runs) started."""
+    """A project created from the wheel (hostile DNs and password, free ports), then its own
+    ``make serve``, offline: the Makefile installs the project into its own venv, and with
+    it repoze_who_memcached from the wheel file setup.py names (the venv is made beforehand
+    only to hand it the other dependencies, which this offline machine cannot download).
+    The HTTP port is chosen with ``make serve HTTP_PORT=...``."""
     ports = {"ldap": free_port(), "memcached": free_port(), "http": free_port()}
     values = {
         **HOSTILE_VARS,
         "ldap_url": f"ldap://127.0.0.1:{ports['ldap']}",
-        "memcached_servers": f"127.0.0.1:{ports['memcached']}",
-        "http_port": ports["http"],
+        "memcached_urls": f"127.0.0.1:{ports['memcached']}",
+        "http_port": free_port(),  # development.ini's; HTTP_PORT below overrides it
     }
     paster_create(fresh_venv.paster, tmp_path, "e2eproj", *var_args(values), env=fresh_venv.env)
     project = tmp_path / "e2eproj"
-    fresh_venv.pip_install("-e", str(project))
-    log = tmp_path / "devstack.log"
+    setup_py = (project / "setup.py").read_text()
+    assert f"repoze_who_memcached[paster] @ {fresh_venv.wheel.as_uri()}" in setup_py
+    project_venv = project / ".venv"
+    venv_with_project_deps(project_venv, fresh_venv.deps)
+    log = tmp_path / "make-serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(fresh_venv.python), "devstack.py"], cwd=project,
-                                   env=fresh_venv.env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(["make", "serve", f"HTTP_PORT={ports['http']}"], cwd=project,
+                                   env=offline_environment(project_venv), stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_http(ports["http"], process, log)
+        _wait_for_http(ports["http"], process, log, timeout=180)
+        installed = subprocess.run(
+            [str(project_venv / "bin" / "python"), "-c",
+             "import repoze_who_memcached, sys; sys.stdout.write(repoze_who_memcached.__file__)"],
+            cwd=tmp_path, capture_output=True, text=True, check=True, timeout=60).stdout
+        assert installed.startswith(str(project_venv)), installed  # from the wheel, here
         yield project, ports
         slapd_pid = int((project / "var" / "slapd" / "slapd.pid").read_text())  # gone at exit
         # Ctrl-C's path: devstack.py stops the app, then slapd and memcached, by their pids.
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) in (0, 128 + signal.SIGTERM), log.read_text()
-        assert "devstack: stopped slapd and memcached" in log.read_text()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+        deadline = time.monotonic() + 30
+        while "devstack: stopped slapd and memcached" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
         assert not Path(f"/proc/{slapd_pid}").exists() or _is_zombie(slapd_pid)
         assert not _pids_with_args("-p", str(ports["memcached"]))
     finally:
@@ -641,8 +801,10 @@ def test_generated_project_serves_ldap_logins_cached_in_memcached(dev_stack, fre
         "auth = {'Authorization': 'Basic ' + base64.b64encode(b'bob:builder').decode()}\n"
         "print(json.dumps([app.get('/?format=json', headers=auth).json for _ in range(2)]))\n"
     )
-    out = subprocess.run([str(fresh_venv.python), "-c", check,
-                          str(project / "development-who.ini")], env=fresh_venv.env,
+    project_python = project / ".venv" / "bin" / "python"  # where make serve installed it
+    out = subprocess.run([str(project_python), "-c", check,
+                          str(project / "development-who.ini")],
+                         env=offline_environment(project / ".venv"),
                          capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     first, second = json.loads(out.stdout.splitlines()[-1])
