@@ -413,18 +413,17 @@ def _finish(opts: Options, settings: _Settings) -> None:
     """Refuse unknown options and report missing required ones, together.
 
     A required option is most often "missing" because it was misspelt (``basedn``): the
-    error names both, so the fix is obvious. Only :meth:`Options.finish` decides what is
-    unknown, so its wording (and any section prefix it adds) is kept.
+    unknown option is the error, and the missing one it probably meant is said with it,
+    so the fix is obvious (``unknown option 'basedn' (option 'base_dn' is required)``).
     """
     try:
         opts.finish()
     except ConfigError as unknown:
         if not settings.missing:
             raise
-        where = f"{getattr(opts, 'where', '')}: "  # said once, at the front
-        text = str(unknown)
-        text = text[len(where):] if text.startswith(where) else text
-        raise ConfigError(f"{settings.missing[0]} ({text} given)") from None
+        missing = settings.missing[0]
+        raise ConfigError(f"{unknown.problem} (option {missing.option!r} {missing.problem})",
+                          option=unknown.option, section=unknown.section) from None
     if settings.missing:
         raise settings.missing[0]
 

@@ -307,3 +307,50 @@ def test_who_ini_errors_name_the_section_and_full_option(line, message, tmp_path
     with pytest.raises(ConfigError) as caught:
         load_who_config(who_ini)
     assert str(caught.value).startswith(f"{who_ini}: {message}")
+
+
+def test_a_misspelt_ldap_sub_option_is_reported_as_unknown(tmp_path, slapd, memcached):
+    from repoze_who_memcached import ConfigError
+    from repoze_who_memcached.pipeline import load_who_config
+
+    path = tmp_path / "who.ini"
+    path.write_text(textwrap.dedent(f"""
+        [plugin:cached_ldap]
+        use = repoze_who_memcached:make_plugin
+        memcached_urls = {memcached.url}
+        secret = {SECRET}
+        authenticator = repoze_who_memcached.ldap:make_authenticator
+        authenticator.url = {slapd.url}
+        authenticator.basedn = {slapd.users_base_dn}
+
+        [identifiers]
+        plugins = basicauth
+        [authenticators]
+        plugins = cached_ldap
+    """))
+    with pytest.raises(ConfigError) as caught:
+        load_who_config(str(path))
+    message = str(caught.value)
+    assert "[plugin:cached_ldap]" in message
+    assert "unknown option 'authenticator.basedn'" in message
+
+
+def test_changing_the_directory_configuration_leaves_old_entries_unused(slapd, memcached):
+    """Entries are bound to the wrapped LDAP plugin's configuration (cache_fingerprint):
+    another base DN or filter is another backend; the same configuration shares entries."""
+    def cache(**ldap_options):
+        options = {"url": slapd.url, "base_dn": slapd.users_base_dn,
+                   "bind_dn": slapd.reader_dn, "bind_password": slapd.reader_password,
+                   **ldap_options}
+        return make_plugin(authenticator=make_authenticator(**options), secret=SECRET,
+                           memcached_urls=memcached.url, name="cached_ldap")
+
+    def outcome(plugin) -> str:
+        environ: dict = {}
+        plugin.authenticate(environ, {"login": "alice", "password": "wonderland"})
+        return environ[ENVIRON_KEY]["cached_ldap"]["authenticate"]
+
+    assert outcome(cache()) == "miss"
+    assert outcome(cache()) == "hit"  # another app server, same configuration
+    assert outcome(cache(base_dn="dc=example,dc=org")) == "miss"
+    assert outcome(cache(filter="(&(objectClass=inetOrgPerson)(uid={login}))")) == "miss"
