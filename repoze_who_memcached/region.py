@@ -33,6 +33,7 @@ from .sealing import Sealer, Unsealable, tag_tuples
 
 logger = logging.getLogger("repoze_who_memcached")
 
+_EXPIRY_MARGIN = 2  # seconds (see store_expiry)
 _COALESCE_WAIT = 60.0  # a waiter never waits longer than this for another thread's call
 _LOCK_POLL = 0.02
 _SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
@@ -128,7 +129,9 @@ class CacheRegion:
         # One memcached expiry for every entry and user token, successes and denials alike:
         # a memcached reader must not tell them apart by it. Each record's own expiry
         # (sealed inside it) says when it stops being served.
-        self.store_expiry = max(ttl + stale_ttl, negative_ttl)
+        # memcached counts expiry in whole seconds of a clock of its own, which can end an
+        # item up to two seconds early: the margin keeps items past their record's expiry.
+        self.store_expiry = max(ttl + stale_ttl, negative_ttl) + _EXPIRY_MARGIN
         self.lock_timeout = lock_timeout
         self.ttl_jitter = ttl_jitter
         # A positive hit with less than this many seconds left is re-checked in the
