@@ -206,13 +206,15 @@ class MemcachedConnection:
                     self.on_closed_by_server()
                 sock = local.sock = self._connect()
                 return fetch_values(sock, keys, self.socket_timeout)
+        except OSError as exc:  # refused, reset, timed out, TLS (a bad certificate too), garbage
+            self._drop(local)
+            self.mark_dead()
+            self.report_error(self.name, f"get_multi: {type(exc).__name__}: {exc}")
         except ValueError as exc:  # CLIENT_ERROR (or a key we could not encode): not the server
             self._drop(local)
             self.report_error(self.name, f"get_multi: {exc}")
-        except Exception as exc:
+        except Exception as exc:  # a fault of ours: the server is not to blame
             self._drop(local)
-            if isinstance(exc, OSError):  # refused, reset, timed out, TLS, ProtocolError
-                self.mark_dead()
             self.report_error(self.name, f"get_multi: {type(exc).__name__}: {exc}")
         return {}
 
