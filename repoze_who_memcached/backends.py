@@ -204,10 +204,13 @@ class PythonMemcachedBackend(CacheBackend):
     Routing is ours, in python-memcached's own terms: the server for a route is
     ``_route_hash(route) % len(servers)``, and if that one is marked dead, the next of
     python-memcached's own failover sequence (:func:`_python_memcached_order`) that is not.
-    The library is told that choice through its public ``(serverhash, key)`` tuple keys: we
-    pass the chosen server's index as the hash, so ``index % len(servers)`` is that server.
-    When the library finds a server dead (its ``debuglog`` says "Marking dead"), the server
-    is marked dead in our connection too, so the next ``get`` goes where the stores go.
+    The library is told that choice through its public ``(serverhash, key)`` tuple keys:
+    the route's hash when we chose its first server (so that if the library finds it dead
+    on connecting, it fails over along the same sequence as we will), else the chosen
+    server's index, so ``index % len(servers)`` is that server whatever the library's own
+    (per-thread) marks say. When the library finds a server dead (its ``debuglog`` says
+    "Marking dead"), the server is marked dead in our connection too, so the next ``get``
+    goes where the stores go.
     """
 
     def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
@@ -231,25 +234,26 @@ class PythonMemcachedBackend(CacheBackend):
         with contextlib.suppress(Exception):
             self._client.disconnect_all()
 
-    def _server_for(self, route: str) -> int | None:
-        """The index of the live server for ``route`` (None: all its candidates are dead)."""
+    def _server_for(self, route: str) -> tuple[int, int] | None:
+        """``(index, serverhash)``: the live server for ``route`` and the hash that makes
+        python-memcached choose it (None: all the route's candidates are marked dead)."""
         where = _route_hash(route)
         first = where % self._count
         if self._connections[first].alive:
-            return first
+            return first, where
         for index in _python_memcached_order(where, self._count):
             if self._connections[index].alive:
-                return index
+                return index, index
         return None
 
     def _guard(self, what: str, route: str, default: Any, call: Callable[[Any, int], Any]
                ) -> Any:
-        """``call(client, index)`` on the server chosen for ``route``; never raises."""
-        index = self._server_for(route)
-        if index is None:
+        """``call(client, serverhash)`` for the server chosen for ``route``; never raises."""
+        chosen = self._server_for(route)
+        if chosen is None:
             return default  # every candidate is marked dead: the failure was reported then
         try:
-            return call(self._client, index)
+            return call(self._client, chosen[1])
         except Exception as exc:
             # A surprise mid-read may leave a socket out of step: drop them all. (A value read
             # out of step would fail to open anyway: it is sealed to its own key.)
@@ -259,10 +263,10 @@ class PythonMemcachedBackend(CacheBackend):
             return default
 
     def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
-        index = self._server_for(route)
-        if index is None:
+        chosen = self._server_for(route)
+        if chosen is None:
             return {}
-        return self._connections[index].get_multi(keys)
+        return self._connections[chosen[0]].get_multi(keys)
 
     def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
         expiry = memcached_expiry(expire)

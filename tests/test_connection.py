@@ -411,3 +411,20 @@ def test_the_get_asks_the_server_the_store_wrote_to(three_memcached, client):
         assert backend.set(f"k-{route}", b"moved", 60, route)
         assert backend.get_multi([f"k-{route}"], route) == {f"k-{route}": b"moved"}
     backend.close()
+
+
+def test_python_memcached_failover_on_connect_lands_where_the_get_looks(three_memcached):
+    """A store to a server found dead on connecting is moved by python-memcached itself, in
+    the same call, along its own failover sequence: the get that follows looks there too."""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x",
+                         memcached_urls=" ".join(s.url for s in three_memcached),
+                         dead_retry="60", socket_timeout="0.3")
+    backend = plugin.backend
+    three_memcached[0].stop()  # before the library ever connected to it
+    routes = [r for r in (f"route-{n}" for n in range(60)) if _route_hash(r) % 3 == 0]
+    assert len(routes) >= 5
+    for route in routes:
+        assert backend.set(f"k-{route}", b"v", 60, route)  # stored on a survivor
+        assert backend.get_multi([f"k-{route}"], route) == {f"k-{route}": b"v"}
+    assert not backend._connections[0].alive
+    backend.close()
