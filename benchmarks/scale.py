@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import os
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,15 +184,10 @@ def _selection_cases(topologies: dict[int, list[Any]]) -> dict[str, Callable[[],
     for n, group in topologies.items():
         urls = [s.url for s in group]
         pmc = stacks.cache_plugin(stacks.our_cached(stacks.hello_app, urls, "python-memcached"))
-        client = getattr(pmc.backend, "_client", None)
-        if client is not None and hasattr(client, "_get_server"):
-            where = zlib.crc32(route.encode("ascii"))
-
-            def pmc_select(client: Any = client, where: int = where) -> Any:
-                return [client._get_server((where, k)) for k in keys]
-
-            pmc_select()
-            cases[f"python-memcached, 3 keys [{n} server{'s' if n > 1 else ''}]"] = pmc_select
+        pmc_server_for = getattr(pmc.backend, "_server_for", None)
+        if pmc_server_for is not None:  # ours: python-memcached's rule, our dead marks
+            cases[f"our python-memcached routing, per request [{n} server"
+                  f"{'s' if n > 1 else ''}]"] = (lambda f=pmc_server_for: f(route))
         pym = stacks.cache_plugin(stacks.our_cached(stacks.hello_app, urls, "pymemcache"))
         server_for = getattr(pym.backend, "_server_for", None)
         if server_for is not None:

@@ -23,9 +23,14 @@ Two backends:
   Server selection is ours (a consistent-hash ring built once at start-up), because
   pymemcache's ``HashClient`` re-hashes every key against every server on each call.
 
-Both read the hit path's one ``get`` themselves (:func:`fetch_values`), on the library's
-connection: each library's general reader costs about as much as the round trip itself.
-Everything else (stores, locks, invalidation, stats) goes through the library.
+Both read the hit path's one ``get`` on a connection of ours
+(:class:`~repoze_who_memcached.connection.MemcachedConnection`, one per server: a socket per
+thread, a dead mark shared by all threads), never on the library's: each library's general
+reader costs about as much as the round trip itself, and its sockets are its private state
+(see :mod:`repoze_who_memcached.connection` for why we own this one). Everything else (stores,
+locks, invalidation, stats) goes through the library's public API. The server for a route is
+chosen once, by us, for the ``get`` and the library's calls alike, from the same dead marks:
+a server that failed either of them is skipped by both for ``dead_retry`` seconds.
 """
 
 from __future__ import annotations
@@ -43,10 +48,21 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .connection import (
+    MAX_VALUE_BYTES,
+    STALE_CONNECTION,
+    ErrorReporter,
+    MemcachedConnection,
+    ProtocolError,
+    fetch_values,
+)
 from .errors import ConfigError
 
-ErrorReporter = Callable[[str, str], None]
-"""``report(server, message)``: called on every cache error; must not raise."""
+__all__ = [
+    "BACKENDS", "MAX_VALUE_BYTES", "BackendSettings", "CacheBackend", "ConsistentHashRing",
+    "ErrorReporter", "ProtocolError", "PymemcacheBackend", "PythonMemcachedBackend",
+    "ServerAddress", "ServerReport", "fetch_values",
+]
 
 DEFAULT_PORT = 11211
 MAX_RELATIVE_EXPIRY = 30 * 24 * 3600  # memcached reads larger values as unix timestamps
@@ -172,88 +188,6 @@ class CacheBackend(ABC):
 
 
 # --------------------------------------------------------------------------------------------
-# The hit path's one read: a text-protocol ``get`` of a few keys on a connected socket
-
-
-class ProtocolError(OSError):
-    """memcached answered what no ``get`` answers: the connection is out of step (or it is
-    not memcached). An OSError, so it counts as the server's fault."""
-
-
-_RECV_BYTES = 65536
-MAX_VALUE_BYTES = 1 << 20
-"""The largest value a reply may announce: memcached's default item size limit, and
-hundreds of times our largest sealed entry. A larger announcement is not memcached's."""
-_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-
-
-def fetch_values(sock: Any, keys: Sequence[str], timeout: float | None = None
-                 ) -> dict[str, bytes]:
-    """``get k1 k2 ...`` on ``sock``; the values found, by key.
-
-    ``timeout`` bounds the whole read, not each ``recv``: a server that trickles a reply
-    a byte at a time cannot hold the caller longer than that (plus one ``recv``'s wait).
-    An announced value over :data:`MAX_VALUE_BYTES` is a :class:`ProtocolError` at once.
-
-    Every cache hit is one of these, so it is parsed here in a few steps (one ``recv`` for
-    a usual reply) rather than by the client library's general reader, which costs about as
-    much again as the round trip (``make bench``). Values are located by their announced
-    length, never by searching for ``END``. Raises ConnectionResetError if the server closed
-    the connection, :class:`ProtocolError` on anything unexpected, ValueError on a
-    CLIENT_ERROR (a key memcached refused). The caller must drop the connection on any
-    error: a half-read reply would be read as the answer to the next command.
-    """
-    sock.sendall(("get " + " ".join(keys) + "\r\n").encode("ascii"))
-    deadline = None if timeout is None else time.monotonic() + timeout
-    buf = _recv_more(sock, b"", None)
-    values: dict[str, bytes] = {}
-    pos = 0
-    while True:
-        eol = buf.find(b"\r\n", pos)
-        while eol < 0:
-            if len(buf) - pos > 2048:  # no reply line of memcached's is this long
-                raise ProtocolError("reply line too long")
-            buf = _recv_more(sock, buf, deadline)
-            eol = buf.find(b"\r\n", pos)
-        line = buf[pos:eol]
-        if line == b"END":
-            if eol + 2 != len(buf):
-                raise ProtocolError("data after END")
-            return values
-        parts = line.split(b" ")
-        if parts[0] != b"VALUE" or len(parts) not in (4, 5) or not parts[3].isdigit():
-            if line.startswith(b"CLIENT_ERROR"):
-                raise ValueError(line[:100].decode("ascii", "replace"))
-            raise ProtocolError(line[:100].decode("ascii", "replace"))
-        size = int(parts[3])
-        if size > MAX_VALUE_BYTES:
-            raise ProtocolError(f"a value of {size} bytes announced")
-        start = eol + 2
-        end = start + size
-        while len(buf) < end + 2:
-            buf = _recv_more(sock, buf, deadline)
-        if buf[end : end + 2] != b"\r\n":
-            raise ProtocolError("value longer than announced")
-        key = parts[1].decode("ascii", "replace")
-        if key not in keys:  # the reply to some other command: out of step
-            raise ProtocolError(f"value for a key not asked for: {key[:60]!r}")
-        values[key] = buf[start:end]
-        pos = end + 2
-
-
-def _recv_more(sock: Any, buf: bytes, deadline: float | None) -> bytes:
-    """One more ``recv``; past ``deadline`` (monotonic), a TimeoutError instead. The first
-    ``recv`` of a reply, the only one of a usual hit, is not checked: the socket's own
-    timeout bounds it."""
-    if deadline is not None and time.monotonic() >= deadline:
-        raise TimeoutError("memcached reply not complete within socket_timeout")
-    chunk = sock.recv(_RECV_BYTES)
-    if not chunk:
-        raise ConnectionResetError("memcached closed the connection")
-    return buf + chunk
-
-
-# --------------------------------------------------------------------------------------------
 # python-memcached
 
 
@@ -270,6 +204,20 @@ def _no_decompression(data: bytes) -> bytes:
 
 
 class PythonMemcachedBackend(CacheBackend):
+    """python-memcached for everything but the hit path's ``get`` (ours, see the module).
+
+    Routing is ours, in python-memcached's own terms: the server for a route is
+    ``_route_hash(route) % len(servers)``, and if that one is marked dead, the next of
+    python-memcached's own failover sequence (:func:`_python_memcached_order`) that is not.
+    The library is told that choice through its public ``(serverhash, key)`` tuple keys:
+    the route's hash when we chose its first server (so that if the library finds it dead
+    on connecting, it fails over along the same sequence as we will), else the chosen
+    server's index, so ``index % len(servers)`` is that server whatever the library's own
+    (per-thread) marks say. When the library finds a server dead (its ``debuglog`` says
+    "Marking dead"), the server is marked dead in our connection too, so the next ``get``
+    goes where the stores go.
+    """
+
     def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
         super().__init__(settings, report_error)
         if settings.tls:
@@ -277,11 +225,40 @@ class PythonMemcachedBackend(CacheBackend):
                 "option 'memcached_tls_ca_file': python-memcached has no TLS; "
                 "set memcached_client = pymemcache"
             )
-        self._client = _make_python_memcached_client(settings, report_error)
+        # python-memcached does not reconnect on a socket the server closed (a restart): it
+        # marks the server dead. When our get finds its own socket closed, this thread's
+        # library sockets, as old, are dropped too (public ``disconnect_all``), so the
+        # stores that follow the miss reconnect instead.
+        self._connections = _connections(settings, report_error, tls_context=None,
+                                         on_closed_by_server=self._drop_library_sockets)
+        self._count = len(self._connections)
+        self._client = _make_python_memcached_client(
+            settings, report_error, on_dead=lambda index: self._connections[index].mark_dead())
 
-    def _guard(self, what: str, default: Any, call: Callable[[], Any]) -> Any:
+    def _drop_library_sockets(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.disconnect_all()
+
+    def _server_for(self, route: str) -> tuple[int, int] | None:
+        """``(index, serverhash)``: the live server for ``route`` and the hash that makes
+        python-memcached choose it (None: all the route's candidates are marked dead)."""
+        where = _route_hash(route)
+        first = where % self._count
+        if self._connections[first].alive:
+            return first, where
+        for index in _python_memcached_order(where, self._count):
+            if self._connections[index].alive:
+                return index, index
+        return None
+
+    def _guard(self, what: str, route: str, default: Any, call: Callable[[Any, int], Any]
+               ) -> Any:
+        """``call(client, serverhash)`` for the server chosen for ``route``; never raises."""
+        chosen = self._server_for(route)
+        if chosen is None:
+            return default  # every candidate is marked dead: the failure was reported then
         try:
-            return call()
+            return call(self._client, chosen[1])
         except Exception as exc:
             # A surprise mid-read may leave a socket out of step: drop them all. (A value read
             # out of step would fail to open anyway: it is sealed to its own key.)
@@ -290,52 +267,25 @@ class PythonMemcachedBackend(CacheBackend):
                 self._client.disconnect_all()
             return default
 
-    # python-memcached picks a server by ``serverhash % len(servers)`` and takes a
-    # ``(serverhash, key)`` tuple to let the caller choose the hash: that is our routing.
-
     def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
-        """:func:`fetch_values` on the connection python-memcached picks for ``route``
-        (its server choice and dead-server marks, our reader: its own costs as much as the
-        round trip). A connection found closed (memcached restarted since this thread
-        last used it) is retried once on a fresh one, instead of marking the server dead."""
-        where = _route_hash(route)
-        for attempt in (1, 2):
-            try:
-                server, _key = self._client._get_server((where, keys[0]))
-            except Exception as exc:
-                self.report_error("*", f"get_multi: {type(exc).__name__}: {exc}")
-                return {}
-            if server is None:
-                return {}  # no live server (python-memcached has reported why)
-            if server.buffer:  # unread bytes of an earlier reply: start clean
-                server.close_socket()
-                continue
-            try:
-                return fetch_values(server.socket, keys, self.settings.socket_timeout)
-            except _STALE_CONNECTION:
-                server.close_socket()
-                if attempt == 1:
-                    continue
-                server.mark_dead("get_multi: the connection was closed twice")
-            except ValueError as exc:  # CLIENT_ERROR: the key, not the server
-                server.close_socket()
-                self.report_error(str(server), f"get_multi: {exc}")
-            except Exception as exc:
-                server.mark_dead(f"get_multi: {type(exc).__name__}: {exc}")
+        chosen = self._server_for(route)
+        if chosen is None:
             return {}
-        return {}
+        return self._connections[chosen[0]].get_multi(keys)
 
     def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
-        args = ((_route_hash(route), key), value, memcached_expiry(expire))
-        return bool(self._guard("set", False, lambda: self._client.set(*args)))
+        expiry = memcached_expiry(expire)
+        return bool(self._guard("set", route, False,
+                                lambda client, at: client.set((at, key), value, expiry)))
 
     def add(self, key: str, value: bytes, expire: int, route: str) -> bool:
-        args = ((_route_hash(route), key), value, memcached_expiry(expire))
-        return bool(self._guard("add", False, lambda: self._client.add(*args)))
+        expiry = memcached_expiry(expire)
+        return bool(self._guard("add", route, False,
+                                lambda client, at: client.add((at, key), value, expiry)))
 
     def delete(self, key: str, route: str) -> bool:
-        target = (_route_hash(route), key)
-        return bool(self._guard("delete", False, lambda: self._client.delete(target)))
+        return bool(self._guard("delete", route, False,
+                                lambda client, at: client.delete((at, key))))
 
     def incr(self, key: str, delta: int, route: str) -> int | None:
         target = (_route_hash(route), key)
@@ -346,8 +296,9 @@ class PythonMemcachedBackend(CacheBackend):
         return int(value) if value is not None else None
 
     def touch(self, key: str, expire: int, route: str) -> bool:
-        target, expiry = (_route_hash(route), key), memcached_expiry(expire)
-        return bool(self._guard("touch", False, lambda: self._client.touch(target, expiry)))
+        expiry = memcached_expiry(expire)
+        return bool(self._guard("touch", route, False,
+                                lambda client, at: client.touch((at, key), expiry)))
 
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
         failed = []
@@ -392,39 +343,85 @@ class PythonMemcachedBackend(CacheBackend):
         return reports
 
     def close(self) -> None:
-        self._client.disconnect_all()
+        with contextlib.suppress(Exception):
+            self._client.disconnect_all()
+        for connection in self._connections:
+            connection.close()
+
+
+def _connections(settings: BackendSettings, report_error: ErrorReporter,
+                 tls_context: ssl.SSLContext | None,
+                 on_closed_by_server: Callable[[], None] | None = None
+                 ) -> list[MemcachedConnection]:
+    """The hit path's connections, one per server, in the order of ``settings.servers``."""
+    return [
+        MemcachedConnection(server, connect_timeout=settings.connect_timeout,
+                            socket_timeout=settings.socket_timeout,
+                            dead_retry=settings.dead_retry, report_error=report_error,
+                            tls_context=tls_context, on_closed_by_server=on_closed_by_server)
+        for server in settings.servers
+    ]
 
 
 def _route_hash(route: str) -> int:
     return zlib.crc32(route.encode("ascii"))
 
 
+PYTHON_MEMCACHED_TRIES = 10
+"""How many servers python-memcached tries for one key (its ``Client._SERVER_RETRIES``)."""
+
+
+def _cmemcache_hash(data: bytes) -> int:
+    """python-memcached's default server hash (``memcache.cmemcache_hash``), which its
+    failover re-hashes with: bits 16-30 of the CRC-32."""
+    return ((zlib.crc32(data) & 0xFFFFFFFF) >> 16) & 0x7FFF
+
+
+def _python_memcached_order(where: int, count: int) -> Iterable[int]:
+    """The servers python-memcached tries, in order, for a key whose server hash is
+    ``where``: ``where % count``, then ``hash(str(where) + str(i)) % count``, re-hashing
+    the last hash each time (its ``_get_server``). Ours to compute, from that public fact,
+    so that processes running an older release of this package (which let python-memcached
+    choose) fail over to the same server as we do."""
+    yield where % count
+    for attempt in range(PYTHON_MEMCACHED_TRIES - 1):
+        where = _cmemcache_hash(f"{where}{attempt}".encode("ascii"))
+        yield where % count
+
+
 def _clean_error(message: str) -> str:
     return message.replace("MemCache: ", "").replace(".  Marking dead.", "").strip()
 
 
-def _make_python_memcached_client(settings: BackendSettings, report_error: ErrorReporter):
+def _make_python_memcached_client(settings: BackendSettings, report_error: ErrorReporter,
+                                  on_dead: Callable[[int], None] | None = None):
+    """A python-memcached ``Client`` whose failure messages are reported to us (and, with
+    ``on_dead``, whose "Marking dead" of server ``index`` is passed on as ``on_dead(index)``)."""
     import memcache
+
+    names = [str(s) for s in settings.servers]
 
     class ReportingClient(memcache.Client):
         """python-memcached reports failures only through ``debuglog``; route them to us."""
 
         def set_servers(self, servers: Iterable[Any]) -> None:
             super().set_servers(servers)
-            for host in self.servers:
+            for index, host in enumerate(self.servers):
                 host.debug = 1
-                host.debuglog = lambda message, host=host: _report_host(host, message)
+                host.debuglog = lambda message, index=index: _report_host(index, message)
 
         def debuglog(self, message: str) -> None:
             report_error("*", message)
 
-    def _report_host(host: Any, message: str) -> None:
+    def _report_host(index: int, message: str) -> None:
         if "NOT_STORED" in message:
             return  # a lost add race (a held lock): an answer, not a fault
-        report_error(f"{host.ip}:{host.port}" if hasattr(host, "ip") else str(host), message)
+        if on_dead is not None and "Marking dead" in message:
+            on_dead(index)
+        report_error(names[index], message)
 
     return ReportingClient(
-        [str(s) for s in settings.servers],
+        names,
         debug=1,
         check_keys=False,  # our keys are made valid by construction; checking costs µs
         socket_timeout=settings.socket_timeout,
@@ -495,8 +492,9 @@ class PymemcacheBackend(CacheBackend):
 
         self._server_faults = (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
                                MemcacheUnknownError)
-        self._stale_connection = (MemcacheUnexpectedCloseError, *_STALE_CONNECTION)
+        self._stale_connection = (MemcacheUnexpectedCloseError, *STALE_CONNECTION)
         tls_context = _tls_context(settings) if settings.tls else None
+        self._connections = _connections(settings, report_error, tls_context)
         self._make_clients = lambda: [
             Client(
                 (s.unix_path if s.unix_path is not None else (s.host, s.port)),
@@ -512,7 +510,6 @@ class PymemcacheBackend(CacheBackend):
         self._every_client: weakref.WeakSet = weakref.WeakSet()  # for close()
         self._names = [str(s) for s in settings.servers]
         self._ring = ConsistentHashRing(len(self._names))
-        self._dead_until = [0.0] * len(self._names)
         self._lock = threading.Lock()
 
     @property
@@ -526,9 +523,11 @@ class PymemcacheBackend(CacheBackend):
         return clients
 
     def _server_for(self, key: str) -> int | None:
-        now = time.monotonic()
+        """The first server on the ring for ``key`` that is not marked dead (the marks are
+        our connections': shared by the hit path's ``get`` and the library's calls)."""
+        connections = self._connections
         for index in self._ring.owners(key):
-            if self._dead_until[index] <= now:
+            if connections[index].alive:
                 return index
         return None
 
@@ -536,8 +535,7 @@ class PymemcacheBackend(CacheBackend):
         # Only a server that failed us is skipped for dead_retry; our own limits (a full
         # connection pool, a refused value) say nothing about the server.
         if isinstance(exc, self._server_faults):
-            with self._lock:
-                self._dead_until[index] = time.monotonic() + self.settings.dead_retry
+            self._connections[index].mark_dead()
         self.report_error(self._names[index], f"{what}: {type(exc).__name__}: {exc}")
 
     def _run(self, route: str, what: str, default: Any, call: Callable[[Any], Any]) -> Any:
@@ -561,8 +559,10 @@ class PymemcacheBackend(CacheBackend):
             return call(client)
 
     def get_multi(self, keys: Sequence[str], route: str) -> dict[str, Any]:
-        timeout = self.settings.socket_timeout
-        return self._run(route, "get_multi", {}, lambda c: _fetch_with(c, keys, timeout))
+        index = self._server_for(route)
+        if index is None:
+            return {}
+        return self._connections[index].get_multi(keys)
 
     def set(self, key: str, value: bytes, expire: int, route: str) -> bool:
         expiry = memcached_expiry(expire)
@@ -618,19 +618,8 @@ class PymemcacheBackend(CacheBackend):
         for client in clients:
             with contextlib.suppress(Exception):
                 client.close()
-
-
-def _fetch_with(client: Any, keys: Sequence[str], timeout: float) -> dict[str, bytes]:
-    """:func:`fetch_values` on a pymemcache client's connection (its own ``get_many`` goes
-    through per-key checks and a general reader; ours needs neither: our keys are valid by
-    construction). Any error closes the connection, as pymemcache itself does."""
-    if client.sock is None:
-        client._connect()
-    try:
-        return fetch_values(client.sock, keys, timeout)
-    except BaseException:
-        client.close()
-        raise
+        for connection in self._connections:
+            connection.close()
 
 
 def _text(value: Any) -> str:

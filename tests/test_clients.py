@@ -269,9 +269,9 @@ def test_pymemcache_backend_reads_real_replies_and_recovers_after_garbage(memcac
     for key, value in sizes.items():
         assert backend.set(key, value, 60, "route")
     assert backend.get_multi([*sizes, "absent"], "route") == sizes
-    # Out of step: a reply nobody read is waiting on the connection.
-    (client,) = backend._clients
-    client.sock.sendall(b"get size-1\r\n")
+    # Out of step: a reply nobody read is waiting on the hit path's connection.
+    (connection,) = backend._connections
+    connection.thread_socket().sendall(b"get size-1\r\n")
     assert backend.get_multi(["size-5"], "route") == {}  # refused, connection dropped
     assert plugin.counters.snapshot()["cache_errors"] == 1
     assert backend.get_multi(["size-5"], "route") == {"size-5": sizes["size-5"]}

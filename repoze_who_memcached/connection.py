@@ -1,0 +1,305 @@
+"""Our own connection to one memcached server, for the hit path's one ``get``.
+
+Every cache hit is a single ``get`` of a few keys on the server that owns the user. The
+client libraries' general readers cost about as much again as the round trip itself
+(``make bench``: the breakdown of our hit, the plugin's ``get_multi`` against a raw-socket
+``get`` of the same keys), so we read that reply ourselves (:func:`fetch_values`).
+
+We used to read it on the libraries' own sockets, taken out of their private state
+(python-memcached's ``_get_server``, ``_Host.socket``, ``buffer``, ``mark_dead``;
+pymemcache's ``_connect()`` and ``Client.sock``): any minor release of either library could
+break every hit. So the hit path's connection is ours outright, with everything a
+connection needs: its own connect and socket timeouts, TLS with the same ``ssl`` context,
+a dead mark for ``dead_retry`` seconds after the server failed us, one reconnect when a
+reused socket turns out to have been closed (memcached restarted), and its own tests. The
+libraries keep doing everything else (stores, locks, invalidation, stats) through their
+public API. The price: each thread holds two sockets per server instead of one.
+
+:class:`MemcachedConnection` keeps one socket per thread (a ``threading.local``: waitress
+and every threaded server call us from many threads, and a socket cannot be shared
+mid-reply) and one dead mark shared by all threads (a dead server costs one timeout per
+process, not one per thread). Nothing on it raises: a failure is reported, and is a miss.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends import ServerAddress
+
+ErrorReporter = Callable[[str, str], None]
+"""``report(server, message)``: called on every cache error; must not raise."""
+
+
+# --------------------------------------------------------------------------------------------
+# The hit path's one read: a text-protocol ``get`` of a few keys on a connected socket
+
+
+class ProtocolError(OSError):
+    """memcached answered what no ``get`` answers: the connection is out of step (or it is
+    not memcached). An OSError, so it counts as the server's fault."""
+
+
+_RECV_BYTES = 65536
+MAX_VALUE_BYTES = 1 << 20
+"""The largest value a reply may announce: memcached's default item size limit, and
+hundreds of times our largest sealed entry. A larger announcement is not memcached's."""
+STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+"""What a reused socket raises when memcached closed it since its last use (a restart)."""
+
+
+def fetch_values(sock: Any, keys: Sequence[str], timeout: float | None = None
+                 ) -> dict[str, bytes]:
+    """``get k1 k2 ...`` on ``sock``; the values found, by key.
+
+    ``timeout`` bounds the whole read, not each ``recv``: a server that trickles a reply
+    a byte at a time cannot hold the caller longer than that (plus one ``recv``'s wait).
+    An announced value over :data:`MAX_VALUE_BYTES` is a :class:`ProtocolError` at once.
+
+    Every cache hit is one of these, so it is parsed here in a few steps (one ``recv`` for
+    a usual reply) rather than by the client library's general reader, which costs about as
+    much again as the round trip (``make bench``). Values are located by their announced
+    length, never by searching for ``END``. Raises ConnectionResetError if the server closed
+    the connection, :class:`ProtocolError` on anything unexpected, ValueError on a
+    CLIENT_ERROR (a key memcached refused). The caller must drop the connection on any
+    error: a half-read reply would be read as the answer to the next command.
+    """
+    sock.sendall(("get " + " ".join(keys) + "\r\n").encode("ascii"))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    buf = _recv_more(sock, b"", None)
+    values: dict[str, bytes] = {}
+    pos = 0
+    while True:
+        eol = buf.find(b"\r\n", pos)
+        while eol < 0:
+            if len(buf) - pos > 2048:  # no reply line of memcached's is this long
+                raise ProtocolError("reply line too long")
+            buf = _recv_more(sock, buf, deadline)
+            eol = buf.find(b"\r\n", pos)
+        line = buf[pos:eol]
+        if line == b"END":
+            if eol + 2 != len(buf):
+                raise ProtocolError("data after END")
+            return values
+        parts = line.split(b" ")
+        if parts[0] != b"VALUE" or len(parts) not in (4, 5) or not parts[3].isdigit():
+            if line.startswith(b"CLIENT_ERROR"):
+                raise ValueError(line[:100].decode("ascii", "replace"))
+            raise ProtocolError(line[:100].decode("ascii", "replace"))
+        size = int(parts[3])
+        if size > MAX_VALUE_BYTES:
+            raise ProtocolError(f"a value of {size} bytes announced")
+        start = eol + 2
+        end = start + size
+        while len(buf) < end + 2:
+            buf = _recv_more(sock, buf, deadline)
+        if buf[end : end + 2] != b"\r\n":
+            raise ProtocolError("value longer than announced")
+        key = parts[1].decode("ascii", "replace")
+        if key not in keys:  # the reply to some other command: out of step
+            raise ProtocolError(f"value for a key not asked for: {key[:60]!r}")
+        values[key] = buf[start:end]
+        pos = end + 2
+
+
+def _recv_more(sock: Any, buf: bytes, deadline: float | None) -> bytes:
+    """One more ``recv``; past ``deadline`` (monotonic), a TimeoutError instead. The first
+    ``recv`` of a reply, the only one of a usual hit, is not checked: the socket's own
+    timeout bounds it."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError("memcached reply not complete within socket_timeout")
+    chunk = sock.recv(_RECV_BYTES)
+    if not chunk:
+        raise ConnectionResetError("memcached closed the connection")
+    return buf + chunk
+
+
+# --------------------------------------------------------------------------------------------
+# The connection
+
+
+class MemcachedConnection:
+    """The hit path's connection to one memcached server: a socket per thread, made on the
+    thread's first ``get``; a dead mark shared by all threads.
+
+    ``connect_timeout`` bounds the TCP connect and, separately, the whole TLS handshake;
+    ``socket_timeout`` bounds the whole reply (:func:`fetch_values`). A server that failed
+    us (refused, reset twice, timed out, answered garbage) is skipped for ``dead_retry``
+    seconds: :meth:`get_multi` answers nothing at once meanwhile. TLS is done for TCP
+    servers when ``tls_context`` is given (as pymemcache does: never on a unix socket), with
+    the server's host name checked by the context's own rules.
+
+    ``on_closed_by_server()`` is called (in the calling thread) when this thread's reused
+    socket turns out to have been closed by the server: a library's sockets of the same
+    thread, opened as long ago, are most likely closed too, and one that does not reconnect
+    by itself (python-memcached) can be told to drop them before its next store.
+    """
+
+    def __init__(
+        self,
+        address: ServerAddress,
+        *,
+        connect_timeout: float,
+        socket_timeout: float,
+        dead_retry: float,
+        report_error: ErrorReporter,
+        tls_context: ssl.SSLContext | None = None,
+        on_closed_by_server: Callable[[], None] | None = None,
+    ) -> None:
+        self.address = address
+        self.name = str(address)
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
+        self.dead_retry = dead_retry
+        self.report_error = report_error
+        self.tls_context = tls_context if address.unix_path is None else None
+        self.on_closed_by_server = on_closed_by_server
+        self.dead_until = 0.0
+        """``time.monotonic()`` before which the server is skipped (0: never failed)."""
+        self._local = threading.local()
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # for close()
+        self._lock = threading.Lock()
+        _EVERY_CONNECTION.add(self)
+
+    def __repr__(self) -> str:
+        return f"<MemcachedConnection {self.name}{'' if self.alive else ' (dead)'}>"
+
+    @property
+    def alive(self) -> bool:
+        """False for ``dead_retry`` seconds after the server failed us."""
+        return self.dead_until <= time.monotonic()
+
+    def mark_dead(self) -> None:
+        """Skip this server for ``dead_retry`` seconds, in every thread (the libraries'
+        failures are marked here too, so that the hit path and the stores agree)."""
+        self.dead_until = time.monotonic() + self.dead_retry
+
+    def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The values of ``keys`` found on this server (one round trip); {} if it is marked
+        dead, and on any error (reported; the server is marked dead if it was its fault).
+        A reused socket found closed is replaced once, without a mark: a restarted memcached
+        is used again at once, instead of being skipped in one thread after another."""
+        if self.dead_until > time.monotonic():
+            return {}
+        local = self._local
+        sock = getattr(local, "sock", None)
+        reused = sock is not None and sock.fileno() >= 0  # close() may have closed it
+        try:
+            if not reused:
+                sock = local.sock = self._connect()
+            try:
+                return fetch_values(sock, keys, self.socket_timeout)
+            except STALE_CONNECTION:
+                if not reused:
+                    raise
+                self._drop(local)
+                if self.on_closed_by_server is not None:
+                    self.on_closed_by_server()
+                sock = local.sock = self._connect()
+                return fetch_values(sock, keys, self.socket_timeout)
+        except OSError as exc:  # refused, reset, timed out, TLS (a bad certificate too), garbage
+            self._drop(local)
+            self.mark_dead()
+            self.report_error(self.name, f"get_multi: {type(exc).__name__}: {exc}")
+        except ValueError as exc:  # CLIENT_ERROR (or a key we could not encode): not the server
+            self._drop(local)
+            self.report_error(self.name, f"get_multi: {exc}")
+        except Exception as exc:  # a fault of ours: the server is not to blame
+            self._drop(local)
+            self.report_error(self.name, f"get_multi: {type(exc).__name__}: {exc}")
+        return {}
+
+    def thread_socket(self) -> socket.socket | None:
+        """This thread's socket, if it has one (for tests that put it out of step)."""
+        return getattr(self._local, "sock", None)
+
+    def close(self) -> None:
+        """Close every thread's socket; each thread connects again on its next ``get``."""
+        with self._lock:
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            sock.close()
+
+    def _drop(self, local: threading.local) -> None:
+        """Close this thread's socket: after an error it may hold half a reply."""
+        sock = getattr(local, "sock", None)
+        local.sock = None
+        if sock is not None:
+            sock.close()
+
+    def _connect(self) -> socket.socket:
+        address = self.address
+        if address.unix_path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.connect_timeout)
+                sock.connect(address.unix_path)
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            deadline = time.monotonic() + self.connect_timeout
+            sock = socket.create_connection((address.host, address.port),
+                                            timeout=self.connect_timeout)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.tls_context is not None:
+                    sock = self._handshake(sock, deadline)
+            except BaseException:
+                sock.close()
+                raise
+        sock.settimeout(self.socket_timeout)
+        with self._lock:
+            self._sockets.add(sock)
+        return sock
+
+    def _handshake(self, sock: socket.socket, deadline: float) -> ssl.SSLSocket:
+        """TLS over ``sock``, the whole handshake bounded by ``deadline`` (a blocking
+        handshake bounds each read only: a server trickling bytes could stretch it)."""
+        assert self.tls_context is not None
+        tls = self.tls_context.wrap_socket(sock, server_hostname=self.address.host,
+                                           do_handshake_on_connect=False)
+        try:
+            tls.setblocking(False)
+            poller = select.poll()  # not select.select: a busy process has fds over 1024
+            while True:
+                try:
+                    tls.do_handshake()
+                    return tls
+                except ssl.SSLWantReadError:
+                    poller.register(tls, select.POLLIN)
+                except ssl.SSLWantWriteError:
+                    poller.register(tls, select.POLLOUT)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not poller.poll(remaining * 1000):
+                    raise TimeoutError("TLS handshake not complete within connect_timeout")
+                poller.unregister(tls)
+        except BaseException:
+            tls.close()
+            raise
+
+
+_EVERY_CONNECTION: weakref.WeakSet[MemcachedConnection] = weakref.WeakSet()
+
+
+def _forget_sockets_after_fork() -> None:
+    """A forked child must not talk on its parent's sockets (two processes reading one
+    stream get each other's replies): it connects again. The parent's sockets stay open."""
+    for connection in list(_EVERY_CONNECTION):
+        connection._local = threading.local()
+        connection._sockets = weakref.WeakSet()
+        connection._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_sockets_after_fork)
