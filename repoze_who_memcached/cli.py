@@ -161,6 +161,7 @@ def weak_settings(section: LoadedSection, plugin: CachingPlugin) -> list[str]:
     if plugin.stale_ttl > 24 * 3600:
         warnings.append(f"stale_ttl = {plugin.stale_ttl}: old entries are honoured for over "
                         "a day while the backend is down")
+    warnings.extend(conflicting_settings(plugin))
     servers = plugin.backend.settings.servers
     if len(servers) == 1:
         warnings.append("one memcached server: losing it sends every request to the backend")
@@ -191,6 +192,27 @@ def _exposed_file_warning(option: str, value: str) -> str | None:
             f"{mode:04o}): chmod 600 {path}")
 
 
+def conflicting_settings(plugin: CachingPlugin) -> list[str]:
+    """Settings of the operations features that defeat each other."""
+    region, warnings = plugin.region, []
+    near = region.near
+    if region.refresh_window and near is not None and (
+            near.ttl >= region.ttl - region.refresh_window):
+        warnings.append(f"local_ttl = {near.ttl:g} hides memcached hits for most of an entry's "
+                        "life, so refresh_ahead rarely sees one: hot users will see misses; "
+                        "lower local_ttl below ttl * (1 - refresh_ahead)")
+    if region.stale_ttl and not plugin.password_item:
+        warnings.append("password_item is off and stale_ttl is on: after a password change, "
+                        "the old password is served stale while the backend fails")
+    if any(old.namespace_key == region.namespace_key for old in region.previous):
+        warnings.append("previous_secrets lists the current secret: remove it")
+    if region.ttl_jitter and region.refresh_window and region.ttl_jitter * region.ttl > (
+            region.ttl - region.refresh_window):
+        warnings.append("ttl_jitter can cut an entry's life below the point where "
+                        "refresh_ahead starts: lower ttl_jitter")
+    return warnings
+
+
 def _is_local(server: ServerAddress) -> bool:
     if server.unix_path is not None or server.host == "localhost":
         return True
@@ -204,9 +226,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     status = 0
     for section in load_sections(args.config):
         for plugin in section.plugins:
-            print(f"[{section.label}] cache {plugin.name!r}: ttl={plugin.ttl}s "
-                  f"negative_ttl={plugin.negative_ttl}s stale_ttl={plugin.stale_ttl}s "
-                  f"lock_timeout={plugin.lock_timeout}s client={type(plugin.backend).__name__}")
+            print(f"[{section.label}] cache {plugin.name!r}: {plugin.settings_summary()}")
             for report in plugin.backend.probe():
                 if report.ok:
                     print(f"  ok    {report.address}  memcached {report.version}")

@@ -38,7 +38,7 @@ BOOKKEEPING_ITEMS = frozenset({"identifier", "authenticator", USERID})
 ENVIRON_KEY = "repoze_who_memcached.cache"
 """``environ[ENVIRON_KEY]`` maps plugin name to ``{method: outcome}`` for this request,
 outcome one of hit, negative_hit, local_hit, local_negative_hit (from the near cache), miss,
-stale, error, uncached (the demo app shows it)."""
+stale, error, refused (the lockout shield), uncached (the demo app shows it)."""
 
 MIN_SECRET_BYTES = 32  # and not guessable: options.check_secret_strength
 _SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
@@ -168,6 +168,25 @@ class CachingPlugin:
         self._mdprovider = plugin
         self._entry_heads[ADD_METADATA] = self.region.keys.entry_head(
             ADD_METADATA, plugin_fingerprint(plugin) if plugin is not None else b"")
+
+    def settings_summary(self) -> str:
+        """The settings that decide what is served, for ``check``: one line, no secrets."""
+        region = self.region
+        parts = [
+            f"ttl={region.ttl}s", f"negative_ttl={region.negative_ttl}s",
+            f"stale_ttl={region.stale_ttl}s", f"lock_timeout={region.lock_timeout}s",
+            f"ttl_jitter={region.ttl_jitter:g}",
+            f"refresh_ahead={region.refresh_window / region.ttl if region.ttl else 0:g}",
+            f"password_item={self.password_item or 'off'}",
+            f"max_failures={self.shield.max_failures if self.shield else 0}",
+        ]
+        if self.shield:
+            parts.append(f"failure_window={self.shield.failure_window}s")
+        if self._near is not None:
+            parts.append(f"local_ttl={self._near.ttl:g}s")
+        parts.append(f"previous_secrets={len(region.previous)}")
+        parts.append(f"client={type(self.backend).__name__}")
+        return " ".join(parts)
 
     def take_name(self, name: str) -> None:
         """Be known as ``name`` (logs, counters, Prometheus, the environ), unless a name

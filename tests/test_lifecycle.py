@@ -265,3 +265,45 @@ def test_concurrent_logins_with_the_shield_are_bounded(memcached):
     for thread in threads:
         thread.join()
     assert backend.calls <= 4
+
+
+# -- 6. check: the summary says each setting; settings that defeat each other -------------
+
+def test_check_summary_and_conflicting_settings(tmp_path, memcached, capsys):
+    from repoze_who_memcached.cli import conflicting_settings, main
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET)
+    secret_file.chmod(0o600)
+    ini = tmp_path / "who.ini"
+    ini.write_text(f"""
+[plugin:cached]
+use = repoze_who_memcached:make_plugin
+memcached_urls = {memcached.url}
+secret_file = {secret_file}
+authenticator = backends_for_tests:make_authenticator
+ttl = 60
+refresh_ahead = 0.2
+local_ttl = 55
+stale_ttl = 30
+password_item =
+max_failures = 5
+failure_window = 120
+
+[identifiers]
+plugins = basicauth
+[authenticators]
+plugins = cached
+[plugin:basicauth]
+use = repoze_who_memcached.basicauth:make_plugin
+""")
+    assert main(["check", str(ini)]) == 0
+    out = capsys.readouterr().out
+    for setting in ("ttl_jitter=0.1", "refresh_ahead=0.2", "password_item=off",
+                    "max_failures=5", "failure_window=120s", "local_ttl=55s",
+                    "previous_secrets=0"):
+        assert setting in out, setting
+    assert "refresh_ahead rarely sees one" in out
+    assert "old password is served stale" in out
+    quiet = plugin_for(memcached, CountingAuthenticator(), refresh_ahead="0.2")
+    assert conflicting_settings(quiet) == []
