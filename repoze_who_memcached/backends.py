@@ -288,11 +288,12 @@ class PythonMemcachedBackend(CacheBackend):
                                 lambda client, at: client.delete((at, key))))
 
     def incr(self, key: str, delta: int, route: str) -> int | None:
-        target = (_route_hash(route), key)
-        client = self._client
-        call = (lambda: client.incr(target, delta)) if delta >= 0 else (
-            lambda: client.decr(target, -delta))
-        value = self._guard("incr", None, call)
+        def call(client: Any, at: int) -> Any:
+            if delta >= 0:
+                return client.incr((at, key), delta)
+            return client.decr((at, key), -delta)
+
+        value = self._guard("incr", route, None, call)
         return int(value) if value is not None else None
 
     def touch(self, key: str, expire: int, route: str) -> bool:
