@@ -249,10 +249,11 @@ def test_entries_stored_together_do_not_expire_together(memcached):
     assert max(expiries) - min(expiries) > 1  # spread out, never longer than ttl
 
 
-def test_concurrent_logins_with_the_shield_are_bounded(memcached):
+@pytest.mark.parametrize("client", ["python-memcached", "pymemcache"])
+def test_concurrent_logins_with_the_shield_are_bounded(client, memcached):
     """Many threads at once, all wrong: still at most max_failures reach the backend."""
     backend = CountingAuthenticator()
-    plugin = plugin_for(memcached, backend, max_failures="4")
+    plugin = plugin_for(memcached, backend, max_failures="4", memcached_client=client)
     barrier = threading.Barrier(16)
 
     def attempt(n: int) -> None:
