@@ -9,10 +9,12 @@ broken config fails when it is loaded instead of on some later request.
 from __future__ import annotations
 
 import configparser
+import contextlib
+import contextvars
 import importlib
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from importlib import metadata
 from typing import Any
 
@@ -24,6 +26,29 @@ FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
 # Entry point group for our plugins, so ``egg:repoze_who_memcached#ldap_authenticator``
 # works wherever a plugin factory is named.
 PLUGIN_ENTRY_POINT_GROUP = "repoze_who_memcached.plugins"
+
+
+_RECORDING: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "repoze_who_memcached_option_recording", default=None)
+
+
+@contextlib.contextmanager
+def recording_options() -> Iterator[dict[str, Any]]:
+    """Every option name a factory asks for while this is active, with its default:
+    ``{name: default}`` (``prefix.*`` for sub-option prefixes). The manual's tests compare
+    it with the documented options, so the code's options are the one source of truth."""
+    seen: dict[str, Any] = {}
+    token = _RECORDING.set(seen)
+    try:
+        yield seen
+    finally:
+        _RECORDING.reset(token)
+
+
+def _record(name: str, default: Any = None) -> None:
+    seen = _RECORDING.get()
+    if seen is not None:
+        seen.setdefault(name, default)
 
 
 class Options:
@@ -50,16 +75,19 @@ class Options:
         return name in self._raw
 
     def pop_raw(self, name: str, default: Any = None) -> Any:
+        _record(name, default)
         return self._raw.pop(name, default)
 
     def pop_prefixed(self, prefix: str) -> dict[str, Any]:
         """Take every ``prefix.NAME = value`` option, returned as ``{NAME: value}``."""
+        _record(prefix + ".*")
         taken = {}
         for key in [k for k in self._raw if k.startswith(prefix + ".")]:
             taken[key[len(prefix) + 1 :]] = self._raw.pop(key)
         return taken
 
     def str(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        _record(name, default)
         value = self._raw.pop(name, None)
         if value is None:
             if required:
@@ -74,6 +102,7 @@ class Options:
 
     def list(self, name: str, default: Iterable[str] | None = None) -> list[str] | None:
         """Whitespace- or newline-separated words (commas are accepted too)."""
+        _record(name, default)
         value = self._raw.pop(name, None)
         if value is None:
             return None if default is None else list(default)
@@ -82,6 +111,7 @@ class Options:
         return value.replace(",", " ").split()
 
     def bool(self, name: str, default: bool) -> bool:
+        _record(name, default)
         value = self._raw.pop(name, None)
         if value is None:
             return default
@@ -97,6 +127,7 @@ class Options:
     def int(
         self, name: str, default: int, *, minimum: int | None = 0, maximum: int | None = None
     ) -> int:
+        _record(name, default)
         value = self._raw.pop(name, None)
         if value is None:
             return default
@@ -114,6 +145,7 @@ class Options:
         minimum: float | None = 0.0,
         maximum: float | None = None,
     ) -> float:
+        _record(name, default)
         value = self._raw.pop(name, None)
         if value is None:
             return default
@@ -145,6 +177,8 @@ class Options:
         we cannot choose them, so they are taken as they are. No message here ever holds
         the value.
         """
+        _record(name)
+        _record(file_name)
         inline = self._raw.pop(name, None)
         path = self._raw.pop(file_name, None)
         if inline is not None and path is not None:
