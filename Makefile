@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := memcached slapd ldap-utils
 # The programs those packages provide, checked by path (/usr/sbin is not on every PATH).
 SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch
 
-.PHONY: help venv system-deps test lint serve bench clean
+.PHONY: help venv system-deps test lint docs serve bench clean
 
 help:
 	@echo "make test   - set up everything, then run the test suite (real memcached and slapd)"
@@ -17,11 +17,12 @@ help:
 	@echo "              (other ports: make serve HTTP_PORT=N MEMCACHED_PORT=N SLAPD_PORT=N)"
 	@echo "make bench  - run the benchmarks; writes benchmarks/results/latest.md"
 	@echo "make lint   - ruff"
+	@echo "make docs   - the manual (Sphinx, warnings are errors): docs/_build/html/index.html"
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23" "setuptools>=76,<81" wheel
-	$(BIN)/python -m pip install --quiet -e ".[test,bench,paster,pymemcache,prometheus]"
+	$(BIN)/python -m pip install --quiet -e ".[test,bench,paster,pymemcache,prometheus,docs]"
 	touch $@
 
 venv: $(STAMP)
@@ -40,10 +41,15 @@ system-deps:
 
 test: venv system-deps
 	$(BIN)/ruff check .
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	$(BIN)/python -m pytest
 
 lint: venv
 	$(BIN)/ruff check .
+
+docs: venv
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "the manual: docs/_build/html/index.html"
 
 # The ports of `make serve`; choose others with `make serve MEMCACHED_PORT=N ...` (or in the
 # environment). A taken port stops it with a message naming the port.
@@ -61,4 +67,4 @@ bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache docs/_build

@@ -75,6 +75,7 @@ setup(
             "build>=1.0",
         ],
         "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0"],
+        "docs": ["sphinx>=7"],
     },
     entry_points={
         "paste.filter_factory": [

@@ -317,7 +317,7 @@ GENERATE_ADVICE = ("make one with `repoze-who-memcached generate-secret FILE` an
 def estimate_secret_bits(secret: str) -> float:
     """A deliberately pessimistic estimate of how many bits of guessing ``secret`` takes.
 
-    The rule (documented in README.rst): each character is worth log2 of the summed size of
+    The rule (documented in docs/security.rst): each character is worth log2 of the summed size of
     the character classes the secret uses (lowercase 26, uppercase 26, digits 10, other
     ASCII 33, non-ASCII 128), except characters that only continue a pattern, which are
     worth nothing:

@@ -4,7 +4,7 @@ Two routes to the same middleware:
 
 * ``[filter:auth] use = egg:repoze_who_memcached`` with every option inline: identifiers
   and challengers (basic auth by default), the wrapped authenticator and metadata provider
-  with their options, and the cache options (see README.rst).
+  with their options, and the cache options (docs/configuration.rst, docs/options.rst).
 * ``config_file = %(here)s/who.ini``: a classic who.ini, loaded by :func:`load_who_config`.
 
 Unlike repoze.who's own loaders, a missing file, an unknown option or a bad value raises

@@ -455,7 +455,7 @@ CLIENT_CHOICES = tuple(BACKENDS)
 
 
 def make_plugin(**options: Any) -> CachingPlugin:
-    """Build a :class:`CachingPlugin` from ini-style string options (see README.rst).
+    """Build a :class:`CachingPlugin` from ini-style string options (docs/options.rst).
 
     Options of the 2011 plugin keep their names and meaning: ``memcached_urls``,
     ``authenticator_name``, ``mdprovider_name``, ``key_items``, ``value_items``, ``secret``,
