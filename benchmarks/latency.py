@@ -177,6 +177,16 @@ def build_cases(lab: Any) -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]
         cases[name] = stacks.wsgi_case(mw, environ)
         extra["ours_local"][client] = mw
 
+    # Issue 13's features on the hit path (pymemcache): the shield and a listed previous
+    # secret cost a hit nothing but their bookkeeping (both act on misses only).
+    for name, options in (("ours_hit_shield[pymemcache]", {"max_failures": "5"}),
+                          ("ours_hit_rotating[pymemcache]",
+                           {"previous_secrets": "an-old-secret-being-rotated-out-0123"})):
+        mw = stacks.our_cached(app, mc_urls, "pymemcache", slapd_url=lab.slapd.url,
+                               key_prefix="lat-pymemcache:", **options)
+        _expect_hit(stacks.call(mw, environ), name)  # filled by ours_hit[pymemcache]
+        cases[name] = stacks.wsgi_case(mw, environ)
+
     for client in CLIENTS:
         name = f"dogpile_hit[{client}]"
         ldap = stacks.make_ldap(lab.slapd.url)
@@ -399,6 +409,8 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None]) -> dict[str, A
     informative = {}
     for numerator, denominator in (("stock_floor", "our_floor"),
                                    ("ours_hit[pymemcache]", "ours_local_hit[pymemcache]"),
+                                   ("ours_hit_shield[pymemcache]", "ours_hit[pymemcache]"),
+                                   ("ours_hit_rotating[pymemcache]", "ours_hit[pymemcache]"),
                                    ("ldap_uncached", "ours_hit[python-memcached]"),
                                    ("ldap_uncached", "ours_hit[pymemcache]"),
                                    ("ours_hit[python-memcached]", "raw_get"),

@@ -103,6 +103,8 @@ CASE_NOTES = {
                                         "(local_ttl=60)",
     "ours_local_hit[pymemcache]": "the same as ours_hit, answered by the near cache "
                                   "(local_ttl=60)",
+    "ours_hit_shield[pymemcache]": "ours_hit with the lockout shield on (max_failures=5)",
+    "ours_hit_rotating[pymemcache]": "ours_hit with a previous secret listed (rotation)",
 }
 
 
