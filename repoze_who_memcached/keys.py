@@ -112,6 +112,8 @@ def ldap_normal_form(text: str) -> str:
     Used for per-user generation keys: invalidating a login must drop what any spelling the
     directory treats as the same account cached. Over-invalidation only costs a miss.
     """
+    # U+0130 (I with a dot above): slapd matches it as "i", Python's casefold() keeps the dot.
+    text = text.replace("\u0130", "i")
     mapped = _MAPPED_TO_SPACE.sub(" ", _MAPPED_TO_NOTHING.sub("", text))
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", mapped).casefold())
     return _SPACES.sub(" ", folded).strip(" ")

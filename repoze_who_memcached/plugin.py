@@ -24,7 +24,7 @@ from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import is_encodable, plugin_fingerprint
 from .nearcache import Answer, NearCache
-from .options import Options, build_plugin, check_secret_strength
+from .options import Options, build_plugin, check_secret_strength, estimate_secret_bits
 from .region import CacheRegion, Outcome
 from .shield import LockoutShield
 
@@ -559,8 +559,13 @@ def _previous_secrets(opts: Options) -> list[str]:
             why = getattr(exc, "strerror", None) or "not UTF-8 text"
             raise opts.error("previous_secret_files", f"cannot read {path!r}: {why}") from None
     for label, secret in found:
-        if len(secret.encode("utf-8")) < 16:
-            raise opts.error(label, "is too short to be a secret of ours (under 16 bytes)")
+        # An older release's random 16-byte secret must pass; a guessable one must not: a
+        # previous secret opens entries, so whoever has it (and can write memcached) can
+        # mint logins with it, as with the current one.
+        if len(secret.encode("utf-8")) < 16 or len(set(secret)) < 10 or (
+                estimate_secret_bits(secret) < 64):
+            raise opts.error(label, "is too short or too easy to guess to be a secret of "
+                             "ours (16 bytes of random text at least)")
     return [secret for _, secret in found]
 
 

@@ -266,9 +266,13 @@ class CacheRegion:
             if record is None or time.time() >= record[_EXPIRES]:
                 continue
             self.counters.incr("rotated_hits")
-            outcome = Outcome(record.get(_USERID), dict(record[_VALUES]),
-                              positive=bool(record[_POSITIVE]))
-            self._store(lookup, outcome, expires=record[_EXPIRES])
+            positive = bool(record[_POSITIVE])
+            outcome = Outcome(record.get(_USERID), dict(record[_VALUES]), positive=positive)
+            # Never longer than this configuration's own ttl (the old one may have been longer).
+            expires = min(record[_EXPIRES],
+                          time.time() + (self.ttl if positive else self.negative_ttl))
+            record[_EXPIRES] = expires
+            self._store(lookup, outcome, expires=expires)
             return record
         return None
 
@@ -302,8 +306,12 @@ class CacheRegion:
                     return  # the entry stays until its own expiry
                 self.counters.incr("refreshes")
                 if outcome.positive:
-                    if lookup.credential is not None:
-                        self._remember_credential(lookup, outcome)
+                    if lookup.credential is not None and not self._remember_credential(
+                            lookup, outcome, refreshing=True):
+                        # The login's password changed since this entry was stored: a late
+                        # "yes" for the old one must not undo that; drop the entry instead.
+                        self.backend.delete(lookup.entry_key, lookup.route)
+                        return
                     self._store(lookup, outcome)
                 else:  # the backend says no now: drop the entry at once, near caches too
                     self.backend.delete(lookup.entry_key, lookup.route)
@@ -316,7 +324,8 @@ class CacheRegion:
             with self._flights_lock:
                 self._refreshing.discard(lookup.entry_key)
 
-    def _remember_credential(self, lookup: _Lookup, outcome: Outcome) -> None:
+    def _remember_credential(self, lookup: _Lookup, outcome: Outcome,
+                             refreshing: bool = False) -> bool:
         """The latest password wins: a success with another credential than the login's
         last successful one means the password changed, so every other entry of the login
         stops being used, on every server, before this one is stored under a new token.
@@ -324,18 +333,21 @@ class CacheRegion:
         The last credential is kept as a keyed digest, sealed (AES-GCM, padded) under a
         per-login key. Denials rewrite it too, unchanged, when they are cached: to a
         memcached reader a success and a cached denial write the same things.
+
+        ``refreshing``: a refresh-ahead's answer, which may arrive after a newer password's
+        login; then a different stamp means "too late" (returns False, nothing changed).
         """
         assert lookup.user is not None
         kind, login = lookup.user
         if kind != "login" or len(lookup.generation_keys) < 2:
-            return
+            return True
         if not outcome.positive and not self.negative_ttl:
-            return  # a denial that stores nothing
+            return True  # a denial that stores nothing
         stamp_key = self.keys.login_key("credential-stamp", login)
         try:
             ours = self.keys.credential_stamp(login, lookup.credential).decode("ascii")
         except (Unencodable, RecursionError, ValueError):
-            return
+            return True
         raw = self.backend.get_multi([stamp_key], lookup.route).get(stamp_key)
         held = None
         if raw is not None:
@@ -345,6 +357,8 @@ class CacheRegion:
                 held = None  # garbage: as if none were held
         if outcome.positive:
             if isinstance(held, str) and not hmac.compare_digest(held, ours):
+                if refreshing:
+                    return False
                 token = new_token()
                 failed = self.backend.set_everywhere(lookup.generation_keys[1], token)
                 if len(failed) < len(self.backend.settings.servers):
@@ -355,6 +369,7 @@ class CacheRegion:
         kept = held if isinstance(held, str) else None
         self.backend.set(stamp_key, self.sealer.seal(stamp_key, {"s": kept}),
                          self.store_expiry, lookup.route)
+        return True
 
     def _fresh_outcome(self, lookup: _Lookup) -> Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
