@@ -1,6 +1,6 @@
-"""Red team findings on main's issue-13 work, each as an xfail(strict) test against real
-memcached and slapd: when a finding is fixed its test passes, strict xfail turns that into a
-failure, and the marker must be dropped (the test then guards the fix).
+"""Red team findings on the issue-13 work, against real memcached and slapd. Fixed ones are
+plain tests now (they guard the fix); the ones still xfail(strict) are documented limits or
+open work, and turn into failures the day they are fixed, so the marker must go then.
 
 What was tried and held is in the red-team report, not here.
 """
@@ -53,20 +53,18 @@ def outcome(plugin, user: str, password: str) -> tuple[object, str]:
 
 
 def test_slapd_takes_the_dotted_capital_i_spelling_for_alice(slapd):
-    """The premise of the next three findings (this one passes): the directory logs
-    ``alİce`` in as alice, and our normal form does not see it as alice."""
+    """The premise of the next three findings: the directory logs ``alİce`` in as alice, and
+    (since the fix) our normal form sees it as alice too."""
     ldap = make_authenticator(**ldap_options(slapd))
     try:
         assert ldap.authenticate({}, {"login": ALICE_DOTTED, "password": "wonderland"}) == ALICE_DN
-        assert ldap_normal_form(ALICE_DOTTED) != ldap_normal_form("alice")
+        assert ldap_normal_form(ALICE_DOTTED) == ldap_normal_form("alice")
     finally:
         ldap.close()
 
 
 # -- finding 0: with the default client the shield raises, bypassing shield and cache ----
 
-@pytest.mark.xfail(strict=True, reason="finding 0: PythonMemcachedBackend.incr calls _guard "
-                   "without its route")
 def test_the_shield_works_with_the_default_memcached_client(memcached, caplog):
     """python-memcached is the default client. Its incr raises TypeError, which
     authenticate's last-resort handler turns into "ask the backend directly": every guess
@@ -90,7 +88,6 @@ def test_the_shield_works_with_the_default_memcached_client(memcached, caplog):
 
 # -- finding 1: the lockout shield counts "alİce" apart from "alice" ---------------------
 
-@pytest.mark.xfail(strict=True, reason="finding 1: ldap_normal_form misses slapd's U+0130 -> i")
 def test_shield_counts_every_spelling_the_directory_treats_as_alice(slapd, memcached):
     """After max_failures denials for alice, a guess spelt ``alİce`` still reaches the
     directory: each "i" of a login doubles the guesses per window (2**k for k i's)."""
@@ -112,7 +109,6 @@ def test_shield_counts_every_spelling_the_directory_treats_as_alice(slapd, memca
 
 # -- finding 2: invalidation and "the latest password wins" miss "alİce" -----------------
 
-@pytest.mark.xfail(strict=True, reason="finding 2: ldap_normal_form misses slapd's U+0130 -> i")
 def test_invalidating_alice_drops_what_the_dotted_spelling_cached(slapd, memcached):
     cache = ldap_cache(slapd, memcached, ttl="300")
     try:
@@ -124,7 +120,6 @@ def test_invalidating_alice_drops_what_the_dotted_spelling_cached(slapd, memcach
         cache.backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 2: ldap_normal_form misses slapd's U+0130 -> i")
 def test_old_password_cached_under_the_dotted_spelling_dies_with_a_password_change(
         private_slapd, memcached):
     """Whoever knows alice's password before it changes logs in once as ``alİce``; after the
@@ -202,7 +197,6 @@ def test_a_leaked_previous_secret_with_memcached_access_cannot_log_anyone_in(mem
         app.backend.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4b: a rotated record keeps its own expiry")
 def test_an_entry_re_sealed_under_the_new_secret_ends_within_ttl(memcached):
     """A rotated entry (forged, or stored by a config with a longer ttl) keeps the expiry
     its record says, however far: it should end within the current ttl."""
@@ -252,8 +246,6 @@ class GatedAuthenticator(CountingAuthenticator):
         return userid
 
 
-@pytest.mark.xfail(strict=True, reason="finding 5: the last answer to arrive wins, not the "
-                   "latest password")
 def test_a_late_refresh_of_the_old_password_does_not_undo_a_password_change(memcached):
     backend = GatedAuthenticator({"alice": "old-pw"}, held_password="old-pw")
     plugin = plugin_for(memcached, backend, ttl="10", refresh_ahead="0.9", ttl_jitter="0")
@@ -304,7 +296,6 @@ def test_a_dn_userid_the_directory_refuses_is_a_no(slapd, userid):
         md.close()
 
 
-@pytest.mark.xfail(strict=True, reason="finding 4c: previous secrets get no strength check")
 def test_a_guessable_previous_secret_is_refused_at_load():
     """A previous secret mints logins as well as the current one (finding 4), yet only its
     length is checked: 16 of the same letter load."""
