@@ -97,13 +97,23 @@ setup(
         ],
         "paste.paster_create_template": [
             "repoze_who_memcached_ldap = repoze_who_memcached.scaffold:LdapDeploymentTemplate",
+            "repoze_who_memcached_pyramid = "
+            "repoze_who_memcached.scaffold:PyramidDeploymentTemplate",
         ],
         "console_scripts": [
             "repoze-who-memcached = repoze_who_memcached.cli:main",
         ],
     },
     classifiers=[
+        # Exactly the versions `make test-all` tests (noxfile.py, the Makefile).
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Framework :: Pyramid",
+        "Framework :: TurboGears",
         "Framework :: Paste",
         "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
