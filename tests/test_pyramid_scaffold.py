@@ -193,5 +193,5 @@ def test_generated_pyramid_project_serves_on_the_first_make_serve(pyramid_dev_st
     installed = subprocess.run(
         [str(project / ".venv" / "bin" / "python"), "-c",
          "import pyramid, repoze_who_memcached.pyramid as p; print(p.__file__)"],
-        capture_output=True, text=True, check=True, timeout=60).stdout
+        cwd=project.parent, capture_output=True, text=True, check=True, timeout=60).stdout
     assert installed.startswith(str(project / ".venv")), installed  # from the wheel
