@@ -60,7 +60,7 @@ $(NOX): $(STAMP)
 test-all: venv system-deps $(NOX)
 	$(NOX) --session tests
 
-# What CI runs after `make test`: the fast subset on every other supported version.
+# A quicker check after `make test`: the fast subset on every other supported version.
 test-all-fast: venv system-deps $(NOX)
 	$(NOX) --session fast --python $(filter-out $(VENV_PYTHON),$(SUPPORTED_PYTHONS))
 

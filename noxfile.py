@@ -1,7 +1,7 @@
 """The test suite on every CPython we claim (setup.py's python_requires and classifiers).
 
-    make test-all              # every session below: the full suite on 3.10 to 3.13
-    make test-all-fast         # the full suite on 3.11 (make test), the fast subset on the rest
+    make test-all              # the tests sessions: the full suite on 3.10 to 3.13
+    make test-all-fast         # the fast subset (-m "not slow") on each version but the venv's
 
 Run by hand: ``.venv/bin/nox -s tests-3.12 -- tests/test_pyramid.py -x``. Each session's
 venv is made from the interpreter pyenv keeps in ``~/.pyenv/versions/3.X.Y`` (put first on
