@@ -9,13 +9,15 @@ DEBIAN_PACKAGES := memcached slapd ldap-utils
 # The programs those packages provide, checked by path (/usr/sbin is not on every PATH).
 SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch
 
-.PHONY: help venv system-deps test lint docs serve bench clean
+.PHONY: help venv system-deps test test-all test-all-fast lint docs serve bench clean
 
 help:
 	@echo "make test   - set up everything, then run the test suite (real memcached and slapd)"
 	@echo "make serve  - set up everything, then run the demo stack on http://127.0.0.1:6543/"
 	@echo "              (other ports: make serve HTTP_PORT=N MEMCACHED_PORT=N SLAPD_PORT=N)"
 	@echo "make bench  - run the benchmarks; writes benchmarks/results/latest.md"
+	@echo "make test-all      - the whole suite on every supported CPython (3.10 to 3.13, nox)"
+	@echo "make test-all-fast - the fast subset (pytest -m 'not slow') on each but the venv's"
 	@echo "make lint   - ruff"
 	@echo "make docs   - the manual (Sphinx, warnings are errors): docs/_build/html/index.html"
 
@@ -44,6 +46,26 @@ test: venv system-deps
 	$(BIN)/python -m sphinx -W --keep-going -q -b html docs docs/_build/html
 	$(BIN)/python -m pytest
 
+# Every CPython we claim (noxfile.py: PYTHONS; setup.py's classifiers say the same). nox
+# makes one venv per version from ~/.pyenv/versions/3.X.Y (or python3.X on PATH) and never
+# downloads an interpreter; it is installed into the project venv from the package index.
+NOX := $(BIN)/nox
+# The same list as noxfile.py's PYTHONS and setup.py's classifiers (tests/test_packaging.py).
+SUPPORTED_PYTHONS := 3.10 3.11 3.12 3.13
+# The venv's own version: `make test` runs the whole suite on it already.
+VENV_PYTHON = $(shell $(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+$(NOX): $(STAMP)
+	$(BIN)/python -m pip install --quiet "nox>=2024.4.15"
+	touch $@
+
+test-all: venv system-deps $(NOX)
+	$(NOX) --session tests
+
+# A quicker check after `make test`: the fast subset on every other supported version.
+test-all-fast: venv system-deps $(NOX)
+	$(NOX) --session fast --python $(filter-out $(VENV_PYTHON),$(SUPPORTED_PYTHONS))
+
 lint: venv
 	$(BIN)/ruff check .
 
@@ -67,4 +89,4 @@ bench: venv system-deps
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache docs/_build
+	rm -rf $(VENV) var build dist *.egg-info .pytest_cache .ruff_cache docs/_build .nox

@@ -63,6 +63,10 @@ setup(
         "pymemcache": ["pymemcache>=4.0"],
         "prometheus": ["prometheus_client>=0.17"],
         "paster": ["PasteScript>=3.6", "waitress>=2.1", "setuptools>=76,<81"],
+        # Frameworks: optional, the core install pulls none. Pyramid 2.1 imports
+        # pkg_resources, which setuptools 81 and later no longer ship.
+        "pyramid": ["pyramid>=2.0", "setuptools>=76,<81"],
+        "turbogears": ["TurboGears2>=2.4"],
         "test": [
             "pytest>=7",
             "WebTest>=3.0",
@@ -73,6 +77,9 @@ setup(
             "waitress>=2.1",
             "ruff>=0.5",
             "build>=1.0",
+            "pyramid>=2.0",
+            "TurboGears2>=2.4",
+            "setuptools>=76,<81",
         ],
         "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0"],
         "docs": ["sphinx>=7"],
@@ -91,13 +98,23 @@ setup(
         ],
         "paste.paster_create_template": [
             "repoze_who_memcached_ldap = repoze_who_memcached.scaffold:LdapDeploymentTemplate",
+            "repoze_who_memcached_pyramid = "
+            "repoze_who_memcached.scaffold:PyramidDeploymentTemplate",
         ],
         "console_scripts": [
             "repoze-who-memcached = repoze_who_memcached.cli:main",
         ],
     },
     classifiers=[
+        # Exactly the versions `make test-all` tests (noxfile.py, the Makefile).
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Framework :: Pyramid",
+        "Framework :: TurboGears",
         "Framework :: Paste",
         "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",

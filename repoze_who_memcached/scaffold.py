@@ -637,9 +637,9 @@ class LdapDeploymentTemplate(Template):
         unknown = unknown_variables(vars)
         if unknown:
             raise BadCommand(
-                f"{TEMPLATE_NAME}: {'; '.join(unknown)}. Nothing was written. Its variables "
+                f"{self.name}: {'; '.join(unknown)}. Nothing was written. Its variables "
                 f"are: {', '.join(v.name for v in TEMPLATE_VARS)} "
-                "(paster create -t repoze_who_memcached_ldap --list-variables)"
+                f"(paster create -t {self.name} --list-variables)"
             )
         return super().check_vars(vars, cmd)
 
@@ -648,7 +648,7 @@ class LdapDeploymentTemplate(Template):
         try:
             vars.update(prepare_vars(vars))
         except TemplateValueError as exc:
-            raise BadCommand(f"repoze_who_memcached_ldap: {exc}") from None
+            raise BadCommand(f"{self.name}: {exc}") from None
 
     def post(self, command: Any, output_dir: str, vars: Mapping[str, Any]) -> None:
         remove_copied_pycache(Path(self.template_dir()), Path(output_dir))
@@ -657,3 +657,145 @@ class LdapDeploymentTemplate(Template):
             print(f"\nNext: cd {here} && make serve   (README.rst has the details)")
             if vars.get("ldap_bind_password_generated"):
                 print("The service account's password was generated: see development.ini.")
+
+
+# ------------------------------------------------------------------ the Pyramid variant
+
+
+PYRAMID_TEMPLATE_NAME = "repoze_who_memcached_pyramid"
+# The LDAP project's ini files that configure the auth filter: the Pyramid project has the
+# same settings as the app's who.* settings.
+PYRAMID_INI_FILES = {
+    "development.ini": "development settings (`make serve` serves them)",
+    "development-who.ini": "development settings from who.ini (`make serve-who`)",
+    "production.ini": "production settings",
+}
+_PYRAMID_INI_HEADER = """\
+# {project}: {purpose}
+# A Pyramid app (the {package} package): config.include("repoze_who_memcached.pyramid")
+# builds repoze.who from the who.* settings of [app:main] (the options of
+# repoze_who_memcached's PasteDeploy filter, each with a "who." prefix; README.rst).
+"""
+
+
+def pyramid_ini(text: str, project: str, package: str, purpose: str) -> str:
+    """The LDAP project's PasteDeploy file, rewritten for the Pyramid project.
+
+    ``[pipeline:main]`` (auth filter, then app) goes; the app section becomes
+    ``[app:main]`` and takes every option of ``[filter:auth]`` (comments kept) with a
+    ``who.`` prefix (``get x = var`` lines too); the leading comment is replaced. One
+    source of truth: the Pyramid files cannot drift from the tested LDAP ones.
+    """
+    lines = text.splitlines()
+    first_section = next(i for i, line in enumerate(lines) if line.startswith("["))
+    out = _PYRAMID_INI_HEADER.format(project=project, package=package,
+                                     purpose=purpose).splitlines()
+    out.append("")
+    section = ""
+    for line in lines[first_section:]:
+        if line.startswith("["):
+            section = line.strip()
+            if section == "[pipeline:main]":
+                continue
+            if section == "[filter:auth]":
+                continue  # its options join [app:main], which comes just before it
+            out.append("[app:main]" if section == "[app:app]" else line)
+            continue
+        if section == "[pipeline:main]":
+            continue
+        if section == "[filter:auth]":
+            stripped = line.strip()
+            if stripped.startswith("use ="):
+                continue
+            if stripped and not stripped.startswith(("#", ";")) and not line[0].isspace():
+                line = re.sub(r"^(get\s+)?", lambda m: (m.group(1) or "") + "who.", line, count=1)
+        out.append(line)
+    result = "\n".join(out) + "\n"
+    if "[filter:auth]" in text and "who." not in result:
+        raise RuntimeError("pyramid_ini: no [filter:auth] options were carried over")
+    return result
+
+
+_PYRAMID_README_INTRO = """\
+A small Pyramid app (the ``{package}`` package) whose users log in with HTTP basic auth
+checked against LDAP, with each answer (and the user's name, mail and groups) cached in
+memcached, sealed and keyed by a secret. Made by
+``paster create -t repoze_who_memcached_pyramid``.
+
+The app calls ``config.include("repoze_who_memcached.pyramid")``: that builds repoze.who
+from the ``who.*`` settings of ``[app:main]`` (the options of repoze_who_memcached's
+PasteDeploy filter, each with a ``who.`` prefix) and sets Pyramid's security policy. Its
+ACL gives every logged-in user ``view`` (``/``) and the LDAP group ``admins`` ``admin``
+(``/admin``: alice may, bob gets 403). Anonymous requests get the basic-auth challenge.
+
+"""
+
+
+def pyramid_readme(text: str, package: str) -> str:
+    """The LDAP project's README with the Pyramid project's introduction."""
+    start = text.index("\n\n") + 2  # after the title
+    end = text.index("What is here\n")
+    text = text[:start] + _PYRAMID_README_INTRO.format(package=package) + text[end:]
+    for old, new in (
+        ("the ``auth`` filter (our LDAP authenticator and\n    metadata provider, wrapped by "
+         "the cache) in front of the app, on waitress.",
+         "the app's ``who.*`` settings (our LDAP\n    authenticator and metadata provider, "
+         "wrapped by the cache), on waitress."),
+        ("``config_file = %(here)s/who.ini``", "``who.config_file = %(here)s/who.ini``"),
+        ("The app: it shows who logged in.", "The Pyramid app: it shows who logged in."),
+    ):
+        if old not in text:
+            raise RuntimeError(f"pyramid_readme: {old[:40]!r}... not in the LDAP README")
+        text = text.replace(old, new)
+    return text
+
+
+def pyramid_template_root() -> Path:
+    """The Pyramid overlay folder (its files replace the LDAP project's)."""
+    path = Path(str(importlib.resources.files(TEMPLATE_PACKAGE) / PYRAMID_TEMPLATE_NAME))
+    if not path.is_dir():
+        raise RuntimeError(f"template folder {PYRAMID_TEMPLATE_NAME!r} not found ({path}); "
+                           "reinstall repoze_who_memcached")
+    return path
+
+
+class PyramidDeploymentTemplate(LdapDeploymentTemplate):
+    """``paster create -t repoze_who_memcached_pyramid``: the LDAP project, as a Pyramid app.
+
+    The same variables, dev directory, ``devstack.py`` and ``make serve``; the app package
+    is a Pyramid app (``config.include("repoze_who_memcached.pyramid")``) and the ini
+    files carry the auth options as its ``who.*`` settings (:func:`pyramid_ini`).
+    """
+
+    summary = ("repoze_who_memcached: a Pyramid app with LDAP logins cached in memcached, "
+               "ready to serve")
+
+    def pre(self, command: Any, output_dir: str, vars: MutableMapping[str, Any]) -> None:
+        super().pre(command, output_dir, vars)
+        requirement = str(vars["rwm_requirement"])
+        ours = "repoze_who_memcached[paster]"
+        if requirement.startswith(ours):  # ours, not one the user gave: add the extra
+            vars["rwm_requirement"] = "repoze_who_memcached[paster,pyramid]" + requirement[
+                len(ours):]
+
+    def write_files(self, command: Any, output_dir: str, vars: Mapping[str, Any]) -> None:
+        super().write_files(command, output_dir, vars)  # the LDAP project
+        from paste.script import copydir
+
+        copydir.copy_dir(str(pyramid_template_root()), output_dir, vars,
+                         verbosity=command.verbose, simulate=command.options.simulate,
+                         interactive=False, overwrite=True, indent=1, svn_add=False,
+                         template_renderer=self.template_renderer)
+        if command.options.simulate:
+            return
+        for name, purpose in PYRAMID_INI_FILES.items():
+            path = Path(output_dir) / name
+            path.write_text(pyramid_ini(path.read_text(encoding="utf-8"), vars["project"],
+                                        vars["package"], purpose), encoding="utf-8")
+        readme = Path(output_dir) / "README.rst"
+        readme.write_text(pyramid_readme(readme.read_text(encoding="utf-8"), vars["package"]),
+                          encoding="utf-8")
+
+    def post(self, command: Any, output_dir: str, vars: Mapping[str, Any]) -> None:
+        remove_copied_pycache(pyramid_template_root(), Path(output_dir))
+        super().post(command, output_dir, vars)

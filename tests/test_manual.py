@@ -143,7 +143,9 @@ def literal_blocks(path: Path) -> list[str]:
 
 MANUAL = [ROOT / "README.rst", *sorted(DOCS.glob("*.rst"))]
 INI_BLOCKS = [(p.name, b) for p in MANUAL for b in literal_blocks(p)
-              if re.search(r"^\[(filter|plugin|app|pipeline):", b, re.M)]
+              if re.search(r"^\[(filter|plugin|app|pipeline):", b, re.M)
+              and "egg:myapp" not in b]  # an app's settings: the Python example's (below)
+APP_SETTINGS = {p.name: b for p in MANUAL for b in literal_blocks(p) if "egg:myapp" in b}
 PYTHON_BLOCKS = [(p.name, b) for p in MANUAL for b in literal_blocks(p)
                  if re.match(r"(from|import) ", b)]
 
@@ -155,6 +157,8 @@ def test_the_manual_has_examples_to_run():
 @pytest.fixture
 def substitutions(tmp_path, slapd, memcached):
     """The manual's placeholder servers, files and passwords, made real."""
+    cookie_secret = tmp_path / "cookie-secret"
+    cookie_secret.write_text("a-cookie-secret-of-the-app-" + "x" * 20)
     secret_file = tmp_path / "cache-secret"
     secret_file.write_text(SECRET)
     secret_file.chmod(0o600)
@@ -167,6 +171,7 @@ def substitutions(tmp_path, slapd, memcached):
         "127.0.0.1:22122": memcached.url,
         "/etc/myapp/cache-secret": str(secret_file),
         "/etc/myapp/ldap-password": str(password_file),
+        "/etc/myapp/cookie-secret": str(cookie_secret),
         "reader-secret": slapd.reader_password,
         "%(ldap_url)s": slapd.url,
         "%(memcached_urls)s": memcached.url,
@@ -227,6 +232,16 @@ def test_python_examples_run(page, block, substitutions):
     namespace: dict[str, Any] = {}
     exec(compile(made_real(block, substitutions), f"<{page}>", "exec"), namespace)  # noqa: S102
     factory = namespace.get("api_factory")
+    if "main" in namespace and page in APP_SETTINGS:  # a Pyramid app and its ini settings
+        import configparser
+
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.read_string(made_real(APP_SETTINGS[page], substitutions))
+        settings = {k: v for k, v in parser["app:main"].items() if k != "use"}
+        logs_in(TestApp(namespace["main"]({}, **settings)))
+    if "app" in namespace and callable(namespace["app"]):  # a TurboGears app
+        assert TestApp(namespace["app"]).get("/").text == "hello"
     if factory is not None:
         def app(environ, start_response):
             identity = factory(environ).authenticate()
