@@ -245,3 +245,20 @@ def check_no_invalidated_hit(run: Run, cred: Cred) -> None:
     before_back = [r for r in after if r.done <= t.lift_begin]
     assert all(r.auth != "hit" for r in before_back), run.describe(
         "a cache hit for the invalidated user while their backend was down", before_back)
+
+
+def test_the_templates_sample_nutcracker_yml_is_valid_and_safe():
+    """The template's nutcracker.yml: nutcracker accepts it, and it has the settings this
+    module's tests depend on (hash tags, a backend timeout, no ejection)."""
+    import subprocess
+    from pathlib import Path
+
+    import repoze_who_memcached.paster_templates as templates
+
+    sample = Path(templates.__file__).parent / "repoze_who_memcached_ldap" / "nutcracker.yml"
+    checked = subprocess.run(["/usr/sbin/nutcracker", "-t", "-c", str(sample)],
+                             capture_output=True, text=True, timeout=10)
+    assert "syntax is ok" in checked.stdout + checked.stderr
+    text = sample.read_text()
+    for line in ('hash_tag: "{}"', "auto_eject_hosts: false", "timeout: 400"):
+        assert f"\n  {line}\n" in text
