@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := memcached slapd ldap-utils
+DEBIAN_PACKAGES := memcached slapd ldap-utils nutcracker
 # The programs those packages provide, checked by path (/usr/sbin is not on every PATH).
-SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch
+SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch \
+                   /usr/sbin/nutcracker
 
 .PHONY: help venv system-deps test test-all test-all-fast lint docs serve bench clean
 

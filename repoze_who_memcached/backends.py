@@ -137,10 +137,26 @@ class BackendSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_verify: bool = True
+    proxy: str = ""
+    """``"twemproxy"``: ``servers`` are twemproxy (nutcracker) listeners in front of one
+    pool, not memcached servers (see :data:`PROXIES`); "" for memcached servers."""
 
     @property
     def tls(self) -> bool:
         return bool(self.tls_ca_file or self.tls_cert_file)
+
+
+PROXIES = ("twemproxy",)
+"""What ``memcached_proxy`` accepts besides ``none``.
+
+Behind twemproxy (Debian's ``nutcracker``, configured with ``hash_tag: "{}"``): keys carry a
+hash tag so that all of one user's keys land on one backend (``keys.py``); the request path
+uses only commands twemproxy forwards (get, set, add, delete, incr, decr, touch); a
+``SERVER_ERROR`` it answers for a failed backend is a miss, never a reason to skip the proxy
+itself (other users' backends are fine); a write "to every server" is one write through the
+proxy, which sends it to the key's backend (the listed proxies share one pool); ``probe``
+sends ``version`` only (twemproxy drops the connection on ``stats``).
+"""
 
 
 class CacheBackend(ABC):
@@ -177,7 +193,9 @@ class CacheBackend(ABC):
 
     @abstractmethod
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
-        """Store ``key`` (no expiry) on every server; returns the servers that failed."""
+        """Store ``key`` (no expiry) on every server; returns the servers that failed.
+        Behind a proxy: once, through the first proxy that takes it (all of them, listed,
+        if none does)."""
 
     @abstractmethod
     def probe(self) -> list[ServerReport]:
@@ -302,6 +320,8 @@ class PythonMemcachedBackend(CacheBackend):
                                 lambda client, at: client.touch((at, key), expiry)))
 
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
+        if self.settings.proxy:
+            return _set_through_proxy(self.settings, key, lambda: self.set(key, value, 0, key))
         failed = []
         for server in self.settings.servers:
             single = _make_python_memcached_client(
@@ -319,6 +339,8 @@ class PythonMemcachedBackend(CacheBackend):
         return failed
 
     def probe(self) -> list[ServerReport]:
+        if self.settings.proxy:
+            return [_probe_proxy(self._connections[i]) for i in range(self._count)]
         reports = []
         for server in self.settings.servers:
             errors: list[str] = []
@@ -350,6 +372,28 @@ class PythonMemcachedBackend(CacheBackend):
             connection.close()
 
 
+def _set_through_proxy(settings: BackendSettings, key: str, store: Callable[[], bool]
+                       ) -> list[str]:
+    """A write "everywhere" behind a proxy: one ``set`` through it, which twemproxy sends to
+    the key's backend, the only one ever asked for that key. ``store`` is the backend's own
+    routed ``set`` (a proxy marked dead is skipped for the next). [] when it was stored,
+    else every proxy: the write did not happen."""
+    if store():
+        return []
+    return [f"{server} (or the backend behind it)" for server in settings.servers]
+
+
+def _probe_proxy(connection: MemcachedConnection) -> ServerReport:
+    """``version`` through a proxy: twemproxy forwards it to a backend and drops the
+    connection on ``stats``, so there is nothing more to ask it here."""
+    name = str(connection.address)
+    try:
+        version = connection.version()
+    except Exception as exc:
+        return ServerReport(name, False, error=f"{type(exc).__name__}: {exc}")
+    return ServerReport(name, True, version)
+
+
 def _connections(settings: BackendSettings, report_error: ErrorReporter,
                  tls_context: ssl.SSLContext | None,
                  on_closed_by_server: Callable[[], None] | None = None
@@ -359,7 +403,8 @@ def _connections(settings: BackendSettings, report_error: ErrorReporter,
         MemcachedConnection(server, connect_timeout=settings.connect_timeout,
                             socket_timeout=settings.socket_timeout,
                             dead_retry=settings.dead_retry, report_error=report_error,
-                            tls_context=tls_context, on_closed_by_server=on_closed_by_server)
+                            tls_context=tls_context, on_closed_by_server=on_closed_by_server,
+                            proxied=bool(settings.proxy))
         for server in settings.servers
     ]
 
@@ -491,8 +536,12 @@ class PymemcacheBackend(CacheBackend):
             MemcacheUnknownError,
         )
 
-        self._server_faults = (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
-                               MemcacheUnknownError)
+        # Behind a proxy a SERVER_ERROR is the answer for one backend's keys (twemproxy's
+        # "Connection refused" for a dead one): the proxy itself is fine for other users.
+        self._server_faults = (
+            (OSError, MemcacheUnexpectedCloseError, MemcacheUnknownError) if settings.proxy
+            else (OSError, MemcacheUnexpectedCloseError, MemcacheServerError,
+                  MemcacheUnknownError))
         self._stale_connection = (MemcacheUnexpectedCloseError, *STALE_CONNECTION)
         tls_context = _tls_context(settings) if settings.tls else None
         self._connections = _connections(settings, report_error, tls_context)
@@ -593,6 +642,8 @@ class PymemcacheBackend(CacheBackend):
                               lambda c: c.touch(key, expiry, noreply=False)))
 
     def set_everywhere(self, key: str, value: bytes) -> list[str]:
+        if self.settings.proxy:
+            return _set_through_proxy(self.settings, key, lambda: self.set(key, value, 0, key))
         failed = []
         for index, client in enumerate(self._clients):
             try:
@@ -604,6 +655,8 @@ class PymemcacheBackend(CacheBackend):
         return failed
 
     def probe(self) -> list[ServerReport]:
+        if self.settings.proxy:
+            return [_probe_proxy(connection) for connection in self._connections]
         reports = []
         for name, client in zip(self._names, self._clients, strict=True):
             try:

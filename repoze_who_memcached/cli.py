@@ -227,8 +227,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for section in load_sections(args.config):
         for plugin in section.plugins:
             print(f"[{section.label}] cache {plugin.name!r}: {plugin.settings_summary()}")
+            proxy = plugin.backend.settings.proxy
             for report in plugin.backend.probe():
-                if report.ok:
+                if report.ok and proxy:
+                    print(f"  ok    {report.address}  {proxy}, a backend answers memcached "
+                          f"{report.version}; the backends behind it cannot be checked "
+                          "through it (read its stats port)")
+                elif report.ok:
                     print(f"  ok    {report.address}  memcached {report.version}")
                 else:
                     print(f"  DOWN  {report.address}  {report.error}")
@@ -277,6 +282,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
     for section in load_sections(args.config):
         for plugin in section.plugins:
             print(f"[{section.label}] cache {plugin.name!r}")
+            proxy = plugin.backend.settings.proxy
+            if proxy:
+                # twemproxy drops the connection on `stats`: say so, and where to look.
+                names = ", ".join(str(s) for s in plugin.backend.settings.servers)
+                print(f"  {names}: behind {proxy}, memcached stats cannot be read through "
+                      "it; read its stats port (nutcracker -s, JSON)")
+                plugin.backend.close()
+                continue
             for report in plugin.backend.probe():
                 if not report.ok:
                     print(f"  {report.address}: DOWN ({report.error})")

@@ -49,6 +49,11 @@ class ProtocolError(OSError):
     not memcached). An OSError, so it counts as the server's fault."""
 
 
+class ServerError(ProtocolError):
+    """A ``SERVER_ERROR`` reply. From memcached, the server's fault; from a proxy
+    (twemproxy), the fault of the one backend that holds the keys asked for."""
+
+
 _RECV_BYTES = 65536
 MAX_VALUE_BYTES = 1 << 20
 """The largest value a reply may announce: memcached's default item size limit, and
@@ -94,6 +99,8 @@ def fetch_values(sock: Any, keys: Sequence[str], timeout: float | None = None
         if parts[0] != b"VALUE" or len(parts) not in (4, 5) or not parts[3].isdigit():
             if line.startswith(b"CLIENT_ERROR"):
                 raise ValueError(line[:100].decode("ascii", "replace"))
+            if line.startswith(b"SERVER_ERROR"):
+                raise ServerError(line[:100].decode("ascii", "replace"))
             raise ProtocolError(line[:100].decode("ascii", "replace"))
         size = int(parts[3])
         if size > MAX_VALUE_BYTES:
@@ -142,6 +149,11 @@ class MemcachedConnection:
     socket turns out to have been closed by the server: a library's sockets of the same
     thread, opened as long ago, are most likely closed too, and one that does not reconnect
     by itself (python-memcached) can be told to drop them before its next store.
+
+    ``proxied``: the address is a proxy (twemproxy) in front of many backends. A
+    ``SERVER_ERROR`` then speaks for the backend of the keys asked for (the proxy may close
+    the connection after it): the socket is dropped, the get is a miss, and the proxy is
+    not marked dead, since every other user's backend is still reached through it.
     """
 
     def __init__(
@@ -154,8 +166,10 @@ class MemcachedConnection:
         report_error: ErrorReporter,
         tls_context: ssl.SSLContext | None = None,
         on_closed_by_server: Callable[[], None] | None = None,
+        proxied: bool = False,
     ) -> None:
         self.address = address
+        self.proxied = proxied
         self.name = str(address)
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
@@ -206,6 +220,11 @@ class MemcachedConnection:
                     self.on_closed_by_server()
                 sock = local.sock = self._connect()
                 return fetch_values(sock, keys, self.socket_timeout)
+        except ServerError as exc:
+            self._drop(local)
+            if not self.proxied:
+                self.mark_dead()
+            self.report_error(self.name, f"get_multi: {exc}")
         except OSError as exc:  # refused, reset, timed out, TLS (a bad certificate too), garbage
             self._drop(local)
             self.mark_dead()
@@ -217,6 +236,25 @@ class MemcachedConnection:
             self._drop(local)
             self.report_error(self.name, f"get_multi: {type(exc).__name__}: {exc}")
         return {}
+
+    def version(self) -> str:
+        """The server's ``version`` answer, on a connection of its own (for ``check``;
+        raises on any failure: the caller reports it)."""
+        sock = self._connect()
+        try:
+            sock.sendall(b"version\r\n")
+            buf = b""
+            deadline = time.monotonic() + self.socket_timeout
+            while b"\r\n" not in buf:
+                if len(buf) > 2048:
+                    raise ProtocolError("reply line too long")
+                buf = _recv_more(sock, buf, deadline)
+            line = buf.split(b"\r\n", 1)[0].decode("ascii", "replace")
+            if not line.startswith("VERSION "):
+                raise ProtocolError(line[:100])
+            return line[len("VERSION "):]
+        finally:
+            sock.close()
 
     def thread_socket(self) -> socket.socket | None:
         """This thread's socket, if it has one (for tests that put it out of step)."""

@@ -30,6 +30,7 @@ COUNTER_NAMES = (
     "lock_waits",
     "coalesced",
     "invalidations",
+    "invalidation_fallbacks",
     "shield_refusals",
     "refreshes",
     "password_changes",

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import re
 import unicodedata
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +25,10 @@ KEY_DIGEST_CHARS = 43  # urlsafe base64 of 32 bytes, unpadded
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
 _SHA256_BLOCK = 64
 MAX_PREFIX_CHARS = 200  # memcached keys are at most 250 bytes
+HASH_TAG_CHARS = 12  # digest characters inside a key's twemproxy hash tag ``{...}``
+TAGGED_MAX_PREFIX_CHARS = 250 - (HASH_TAG_CHARS + 2) - KEY_DIGEST_CHARS  # 193
+NAMESPACE_REPLICAS = 16
+"""Copies of the namespace token behind a proxy (see :meth:`KeyMaker.namespace_key_for`)."""
 USER_KEY_MEMO_SIZE = 10_000  # user generation keys remembered per process (logins, no secrets)
 
 
@@ -164,9 +169,15 @@ class KeyMaker:
     another, and an observer of memcached learns nothing but "some key".
     """
 
-    def __init__(self, secret: bytes, prefix: str = "") -> None:
-        check_prefix(prefix)
+    def __init__(self, secret: bytes, prefix: str = "", *, hash_tags: bool = False) -> None:
+        check_prefix(prefix, hash_tags=hash_tags)
         self.prefix = prefix
+        # Behind twemproxy (``memcached_proxy``): every key of one user carries the same hash
+        # tag, ``{`` + the first HASH_TAG_CHARS characters of the user's generation key's
+        # digest + ``}``, so twemproxy (``hash_tag: "{}"``) sends them all to one backend.
+        # The tag is HMAC output: it links a user's keys together, never to the login.
+        self.hash_tags = hash_tags
+        self._tag_at = len(prefix)
         # HMAC-SHA256 (RFC 2104) with its keyed inner and outer states computed once: per key
         # we copy two C hash objects instead of building a Python-level hmac.HMAC (3x faster).
         # Equality with hmac.new() is asserted by the tests.
@@ -184,10 +195,25 @@ class KeyMaker:
         outer.update(inner.digest())
         return outer.digest()
 
-    def _key(self, payload: bytes) -> str:
+    def _digest(self, payload: bytes) -> str:
         # urlsafe base64 in C calls (base64.urlsafe_b64encode is two Python-level calls).
         digest = binascii.b2a_base64(self.mac(payload), newline=False).translate(_URLSAFE)
-        return self.prefix + digest[:KEY_DIGEST_CHARS].decode("ascii")
+        return digest[:KEY_DIGEST_CHARS].decode("ascii")
+
+    def _key(self, payload: bytes, tag: str = "") -> str:
+        """``prefix + tag + digest``; behind a proxy a key given no tag gets one of its own
+        (its digest's), so that every key has the same shape."""
+        digest = self._digest(payload)
+        if self.hash_tags and not tag:
+            tag = "{" + digest[:HASH_TAG_CHARS] + "}"
+        return self.prefix + tag + digest
+
+    def tag_of(self, key: str | None) -> str:
+        """The hash tag a key of ours carries ("" without hash tags or without a key)."""
+        if not self.hash_tags or not key:
+            return ""
+        at = self._tag_at
+        return key[at : at + HASH_TAG_CHARS + 2]
 
     def entry_head(self, method: str, scope: bytes = b"") -> bytes:
         """The start of every entry key's payload for ``method`` answered by the plugin
@@ -200,9 +226,10 @@ class KeyMaker:
         return head + b"".join(_encoded(b"scope\0", hashlib.sha256(scope).digest()))
 
     def entry_key(self, method: str, items: Iterable[tuple[str, Any]],
-                  head: bytes | None = None) -> str:
+                  head: bytes | None = None, tag: str = "") -> str:
         """Key for a cached result of ``method`` for these (name, value) items, in order
-        (``head``: from :meth:`entry_head`, binding the key to the plugin that answers)."""
+        (``head``: from :meth:`entry_head`, binding the key to the plugin that answers;
+        ``tag``: the owning user's, :meth:`tag_of` their generation key, behind a proxy)."""
         if head is None:
             head = _ENTRY_HEADS.get(method) or b"".join(_encoded(b"entry\0", method))
         out: list[bytes] = [head]
@@ -217,7 +244,7 @@ class KeyMaker:
             else:
                 encode_value(name, out)
                 encode_value(value, out)
-        return self._key(b"".join(out))
+        return self._key(b"".join(out), tag)
 
     def user_generation_key(self, kind: str, name: Any) -> str:
         """Key of the generation token of one user (``kind`` is "login" or "userid").
@@ -250,7 +277,8 @@ class KeyMaker:
         out: list[bytes] = [b"login\0"]
         encode_value(label, out)
         encode_value(folded, out)
-        return self._key(b"".join(out))
+        tag = self.tag_of(self.user_generation_key("login", login)) if self.hash_tags else ""
+        return self._key(b"".join(out), tag)
 
     def credential_stamp(self, login: Any, credential: Any) -> bytes:
         """A keyed digest of a login's credential: stored to tell, on the next successful
@@ -263,20 +291,51 @@ class KeyMaker:
         digest = binascii.b2a_base64(self.mac(b"".join(out)), newline=False).translate(_URLSAFE)
         return digest[:22]
 
-    def namespace_generation_key(self) -> str:
-        return self._key(b"namespace-generation\0")
+    def namespace_generation_key(self, replica: int | None = None) -> str:
+        """The namespace token's key (``replica``: one of its copies behind a proxy)."""
+        if replica is None:
+            return self._key(b"namespace-generation\0")
+        return self._key(b"namespace-generation\0%d" % replica)
+
+    def namespace_keys(self) -> list[str]:
+        """Every key the namespace token lives under: one, or NAMESPACE_REPLICAS copies
+        behind a proxy (a flush replaces them all)."""
+        if not self.hash_tags:
+            return [self.namespace_generation_key()]
+        return [self.namespace_generation_key(i) for i in range(NAMESPACE_REPLICAS)]
+
+    def namespace_key_for(self, route: str) -> str:
+        """The copy of the namespace token that entries routed by ``route`` are stored under.
+
+        Every request reads the namespace token with its entry. Without a proxy both are on
+        the route's server. Behind twemproxy the token is one key on one backend: while that
+        backend is down, twemproxy fails every multi-key get that includes it, so no request
+        could use the cache. Spread over NAMESPACE_REPLICAS copies (each user reads one, chosen
+        by the user's tag), a lost backend costs only the users whose copy or whose own keys
+        it held, about two of every N backends' share.
+        """
+        if not self.hash_tags:
+            return self.namespace_generation_key()
+        tag = self.tag_of(route)
+        return self.namespace_generation_key(zlib.crc32(tag.encode("ascii")) % NAMESPACE_REPLICAS)
 
     def invalidation_epoch_key(self) -> str:
         """Key of the token every invalidation replaces: near caches poll it (nearcache.py)."""
         return self._key(b"invalidation-epoch\0")
 
     def lock_key(self, entry_key: str) -> str:
-        return self._key(b"lock\0" + entry_key.encode("ascii"))
+        """The lock of an entry: behind a proxy, on the entry's backend (its tag)."""
+        return self._key(b"lock\0" + entry_key.encode("ascii"), self.tag_of(entry_key))
 
 
-def check_prefix(prefix: str) -> None:
-    if len(prefix) > MAX_PREFIX_CHARS:
-        raise ConfigError(f"at most {MAX_PREFIX_CHARS} characters", option="key_prefix")
+def check_prefix(prefix: str, *, hash_tags: bool = False) -> None:
+    limit = TAGGED_MAX_PREFIX_CHARS if hash_tags else MAX_PREFIX_CHARS
+    if len(prefix) > limit:
+        why = " behind a proxy (keys carry a hash tag)" if hash_tags else ""
+        raise ConfigError(f"at most {limit} characters{why}", option="key_prefix")
     if not all(33 <= ord(c) < 127 for c in prefix):
         raise ConfigError("only printable ASCII without spaces (memcached keys)",
                           option="key_prefix")
+    if hash_tags and ("{" in prefix or "}" in prefix):
+        raise ConfigError("no '{' or '}' behind a proxy: twemproxy would hash on the "
+                          "prefix's braces instead of the key's hash tag", option="key_prefix")

@@ -19,7 +19,7 @@ from typing import Any
 from repoze.who.interfaces import IAuthenticator, IMetadataProvider
 from zope.interface import implementer
 
-from .backends import BACKENDS, BackendSettings, CacheBackend, ServerAddress
+from .backends import BACKENDS, PROXIES, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
 from .keys import is_encodable, plugin_fingerprint
@@ -478,6 +478,8 @@ def _make_plugin(opts: Options) -> CachingPlugin:
     if not urls:
         raise opts.error("memcached_urls", "needs at least one host:port")
     socket_timeout = opts.float("socket_timeout", 0.5, minimum=0.001, maximum=60)
+    # memcached_urls are twemproxy listeners in front of one pool (backends.PROXIES).
+    proxy = opts.choice("memcached_proxy", "none", ("none", *PROXIES))
     settings = BackendSettings(
         servers=tuple(ServerAddress.parse(u) for u in urls),
         socket_timeout=socket_timeout,
@@ -487,10 +489,14 @@ def _make_plugin(opts: Options) -> CachingPlugin:
         tls_cert_file=_existing_file(opts, "memcached_tls_cert_file"),
         tls_key_file=_existing_file(opts, "memcached_tls_key_file"),
         tls_verify=opts.bool("memcached_tls_verify", True),
+        proxy="" if proxy == "none" else proxy,
     )
     client = opts.choice("memcached_client", "python-memcached", CLIENT_CHOICES)
     if settings.tls and client != "pymemcache":
         raise opts.error("memcached_client", "TLS to memcached needs memcached_client = pymemcache")
+    if settings.tls and settings.proxy:
+        raise opts.error("memcached_proxy", "twemproxy speaks no TLS: unset memcached_tls_* "
+                         "or the proxy")
     if settings.tls_key_file and not settings.tls_cert_file:
         raise opts.error("memcached_tls_key_file", "needs memcached_tls_cert_file")
 

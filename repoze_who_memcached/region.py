@@ -139,9 +139,11 @@ class CacheRegion:
         self.refresh_window = refresh_ahead * ttl
         self._refreshing: set[str] = set()
         self._refresher: ThreadPoolExecutor | None = None
-        self.keys = KeyMaker(secret, key_prefix)
+        # Behind a proxy (twemproxy) keys carry hash tags: a user's keys on one backend.
+        self.proxied = bool(backend.settings.proxy)
+        self.keys = KeyMaker(secret, key_prefix, hash_tags=self.proxied)
         self.sealer = Sealer(secret)
-        self.namespace_key = self.keys.namespace_generation_key()
+        self.namespace_key = self.keys.namespace_generation_key()  # without a proxy
         self.epoch_key = self.keys.invalidation_epoch_key()
         self.near = near
         self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
@@ -155,7 +157,7 @@ class CacheRegion:
         self.previous = [
             _SecretKeys(maker, Sealer(old), maker.namespace_generation_key())
             for old in previous_secrets
-            for maker in [KeyMaker(old, key_prefix)]
+            for maker in [KeyMaker(old, key_prefix, hash_tags=self.proxied)]
         ]
 
     @property
@@ -193,12 +195,17 @@ class CacheRegion:
         """
         near = self.near if near_key is not None else None
         near_flushes = near.flushes if near is not None else 0
-        entry_key = self.keys.entry_key("", items, head)
         user_key = self.user_key(*user) if user is not None else None
+        keys = self.keys
+        entry_key = keys.entry_key("", items, head, keys.tag_of(user_key))
         if user_key:
-            generation_keys, route = [self.namespace_key, user_key], user_key
+            route = user_key
+            generation_keys = [keys.namespace_key_for(route) if self.proxied
+                               else self.namespace_key, user_key]
         else:
-            generation_keys, route = [self.namespace_key], entry_key
+            route = entry_key
+            generation_keys = [keys.namespace_key_for(route) if self.proxied
+                               else self.namespace_key]
         # All of a user's keys live on one server: one round trip, whatever the cluster.
         record, generations = self._fetch(entry_key, generation_keys, route)
         now = time.time()
@@ -254,10 +261,12 @@ class CacheRegion:
         more round trip per previous secret, to the server that secret routed the user to.
         """
         for old in self.previous:
-            entry_key = old.keys.entry_key("", items, head)
             user_key = self.user_key(*user, keys=old.keys) if user is not None else None
-            keys = [old.namespace_key, user_key] if user_key else [old.namespace_key]
+            entry_key = old.keys.entry_key("", items, head, old.keys.tag_of(user_key))
             route = user_key or entry_key
+            namespace_key = old.keys.namespace_key_for(route) if self.proxied else (
+                old.namespace_key)
+            keys = [namespace_key, user_key] if user_key else [namespace_key]
             found = self.backend.get_multi([entry_key, *keys], route)
             raw = found.get(entry_key)
             if raw is None:
@@ -619,10 +628,33 @@ class CacheRegion:
             for kind, name in (("login", login), ("userid", userid)):
                 if name is not None:
                     key = keys.user_generation_key(kind, name)
-                    failed.update(self._replace_generation(key))
+                    if self.proxied:
+                        failed.update(self._replace_behind_proxy(keys, key))
+                    else:
+                        failed.update(self._replace_generation(key))
         failed.update(self._replace_epoch())
         self.counters.incr("invalidations")
         return sorted(failed)
+
+    def _replace_behind_proxy(self, keys: KeyMaker, user_key: str) -> list[str]:
+        """Replace a user's token through the proxy; if the backend that holds it cannot
+        be reached, replace the namespace copy the user's entries are stored under instead.
+
+        A user's token is one key on one backend (twemproxy picks it by the user's tag).
+        When that backend is down, its old token and entries survive there; were it to come
+        back as it was (a network partition, a paused process), they would be used again.
+        Replacing the user's copy of the namespace token (on another backend, usually)
+        makes them unusable all the same, at the cost of one miss for the users sharing that
+        copy. Only when both keys are unreachable is the invalidation reported as failed.
+        """
+        if not self.backend.set_everywhere(user_key, new_token()):
+            return []
+        self.counters.incr("invalidation_fallbacks")
+        self.warn.warning("proxy-fallback", "cache %s: a user's token could not be written "
+                          "through the proxy; replacing their copy of the namespace token "
+                          "instead", self.name)
+        namespace_key = keys.namespace_key_for(user_key)
+        return self.backend.set_everywhere(namespace_key, new_token())
 
     def _replace_epoch(self) -> list[str]:
         """Tell every near cache to drop what it holds (within its check interval), and
@@ -635,8 +667,23 @@ class CacheRegion:
         """Drop everything this region cached (not other applications' data); returns the
         servers that could not be reached."""
         failed: set[str] = set()
-        for namespace_key in [self.namespace_key, *(old.namespace_key for old in self.previous)]:
-            failed.update(self._replace_generation(namespace_key))
+        if self.proxied:
+            # Every copy of the namespace token, through the proxy: a copy that could not be
+            # written is reported (its users' old entries come back with its backend).
+            keys = [k for maker in [self.keys, *(old.keys for old in self.previous)]
+                    for k in maker.namespace_keys()]
+            missed = [k for k in keys if self.backend.set_everywhere(k, new_token())]
+            if len(missed) == len(keys):
+                names = ", ".join(str(s) for s in self.backend.settings.servers)
+                raise RuntimeError(f"cache {self.name}: no namespace token could be written "
+                                   f"through the proxy ({names}); nothing was invalidated")
+            if missed:
+                failed.update(f"{server} (a backend behind it: {len(missed)} of {len(keys)} "
+                              "namespace copies)" for server in self.backend.settings.servers)
+        else:
+            for namespace_key in [self.namespace_key,
+                                  *(old.namespace_key for old in self.previous)]:
+                failed.update(self._replace_generation(namespace_key))
         failed.update(self._replace_epoch())
         self.counters.incr("invalidations")
         return sorted(failed)

@@ -1,4 +1,4 @@
-"""Private memcached and slapd servers for tests, demos and your own test suites.
+"""Private memcached, twemproxy and slapd servers for tests, demos and your own test suites.
 
 Each server runs from Debian's package, listens on a free loopback port, keeps its state in
 a temporary folder and is stopped (by its own pid) when the context manager exits::
@@ -434,6 +434,99 @@ class MemcachedServer(_ServerProcess):
         )
         if reply != b"STORED\r\n":
             raise RuntimeError(f"set failed: {reply!r}")
+
+
+NUTCRACKER_PROGRAM = "/usr/sbin/nutcracker"
+
+
+class NutcrackerServer(_ServerProcess):
+    """A private twemproxy (Debian's ``nutcracker``) on a loopback port, in front of
+    ``backends`` (``host:port`` of memcached servers, e.g. :attr:`MemcachedServer.url`).
+
+    The pool is configured as ``memcached_proxy = twemproxy`` needs it: ``hash_tag: "{}"``
+    (a user's keys on one backend) and ketama. ``auto_eject_hosts`` defaults to False, the
+    setting under which no invalidation is lost (README: "Behind twemproxy"). ``timeout_ms``
+    bounds every backend call (twemproxy has no limit without it: a hung backend would hang
+    its users' requests). Its JSON stats are on :attr:`stats_port` (:meth:`stats`).
+    """
+
+    name = "nutcracker"
+
+    def __init__(
+        self,
+        backends: list[str],
+        host: str = LOOPBACK,
+        port: int | None = None,
+        *,
+        auto_eject_hosts: bool = False,
+        timeout_ms: int = 400,
+        server_failure_limit: int = 2,
+        server_retry_timeout_ms: int = 2000,
+        stats_port: int | None = None,
+        workdir: Path | None = None,
+        program: str = NUTCRACKER_PROGRAM,
+    ) -> None:
+        super().__init__(host, port, workdir)
+        self.backends = list(backends)
+        self.auto_eject_hosts = auto_eject_hosts
+        self.timeout_ms = timeout_ms
+        self.server_failure_limit = server_failure_limit
+        self.server_retry_timeout_ms = server_retry_timeout_ms
+        self.stats_port = stats_port or free_port(host)
+        self.program = program
+
+    @property
+    def url(self) -> str:
+        """``host:port``, what ``memcached_urls`` takes (with ``memcached_proxy``)."""
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "nutcracker.yml"
+
+    def config_text(self) -> str:
+        servers = "".join(f"    - {b}:1 backend{i}\n" for i, b in enumerate(self.backends))
+        return (
+            "pool:\n"
+            f"  listen: {self.host}:{self.port}\n"
+            "  hash: fnv1a_64\n"
+            '  hash_tag: "{}"\n'
+            "  distribution: ketama\n"
+            f"  timeout: {self.timeout_ms}\n"
+            f"  auto_eject_hosts: {'true' if self.auto_eject_hosts else 'false'}\n"
+            f"  server_failure_limit: {self.server_failure_limit}\n"
+            f"  server_retry_timeout: {self.server_retry_timeout_ms}\n"
+            "  servers:\n" + servers
+        )
+
+    def prepare(self) -> None:
+        if not os.path.exists(self.program):
+            raise RuntimeError(f"{self.program} not found: apt-get install nutcracker")
+        self.config_file.write_text(self.config_text())
+
+    def command(self) -> list[str]:
+        return [self.program, "-c", str(self.config_file), "-s", str(self.stats_port),
+                "-a", self.host, "-v", "4"]
+
+    def check_port_free(self) -> None:
+        super().check_port_free()
+        if not port_is_free(self.host, self.stats_port):
+            raise PortInUseError(self.name, self.host, self.stats_port, self.port_hint())
+
+    def stats(self) -> dict[str, Any]:
+        """twemproxy's stats (one JSON document per connection to its stats port)."""
+        import json
+
+        with socket.create_connection((self.host, self.stats_port), timeout=5) as s:
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        return json.loads(data)
+
+    def backend_for(self, key: str, servers: list[MemcachedServer]) -> MemcachedServer | None:
+        """Which of ``servers`` holds ``key`` (asked of each directly: for tests)."""
+        found = [server for server in servers if server.running and server.get_raw(key)]
+        return found[0] if len(found) == 1 else None
 
 
 SLAPD_PROGRAM = "/usr/sbin/slapd"

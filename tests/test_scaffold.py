@@ -75,7 +75,7 @@ SAMPLE = {"alice": "wonderland", "bob": "builder", "zo\u00eb": "p\u00e4ssw\u00f6
 EXPECTED_FILES = {
     ".gitignore", "Makefile", "README.rst", "setup.py", "devstack.py",
     "development.ini", "development-who.ini", "who.ini", "production.ini",
-    "dev/users.ldif", "dev/slapd.conf", "{package}/__init__.py",
+    "dev/users.ldif", "dev/slapd.conf", "{package}/__init__.py", "nutcracker.yml",
 }
 
 
