@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
+
+# Pyramid 2.1 (the API reference imports repoze_who_memcached.pyramid) imports pkg_resources.
+warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
