@@ -56,7 +56,7 @@ setup(
         "cryptography>=41",
         "python-memcached>=1.60",
         "ldap3>=2.9",
-        "pyasn1>=0.4",  # imported by ldap.py (it comes with ldap3)
+        "pyasn1>=0.4",  # imported by repoze_who_memcached.ldap (it comes with ldap3)
         "PasteDeploy>=3.0",
     ],
     extras_require={
