@@ -63,6 +63,9 @@ setup(
         "pymemcache": ["pymemcache>=4.0"],
         "prometheus": ["prometheus_client>=0.17"],
         "paster": ["PasteScript>=3.6", "waitress>=2.1", "setuptools>=76,<81"],
+        # ldap_library = python-ldap (libldap, C): built from source, needs Debian's
+        # libldap2-dev and libsasl2-dev (the Makefile installs them before pip runs).
+        "python-ldap": ["python-ldap>=3.4"],
         "test": [
             "pytest>=7",
             "WebTest>=3.0",
@@ -73,8 +76,9 @@ setup(
             "waitress>=2.1",
             "ruff>=0.5",
             "build>=1.0",
+            "python-ldap>=3.4",  # the LDAP suites run against both ldap_library choices
         ],
-        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0"],
+        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0", "python-ldap>=3.4"],
     },
     entry_points={
         "paste.filter_factory": [

@@ -5,26 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ldap3.core.exceptions import LDAPSASLPrepError
-from ldap3.protocol.sasl.sasl import sasl_prep
 from repoze.who.interfaces import IAuthenticator
 from zope.interface import implementer
 
 from ..options import Options
+from .directory import _prepare_password
 from .options import DEFAULT_MAX_PASSWORD_BYTES, LDAP_DN_KEY, _finish, _parse_common, _Settings
 from .plugin import _LdapPlugin
-
-
-def _prepare_password(password: str) -> bytes | None:
-    """The bytes a simple bind sends for ``password`` (RFC 4013 SASLprep, UTF-8), or None
-    if SASLprep refuses it (control characters, private use, non-characters, mixed
-    directions, or nothing left after mapping). ldap3 does the same when given text; done
-    here, before any search, so a password no bind could carry costs no request."""
-    try:
-        prepared = sasl_prep(password).encode("utf-8")
-    except (LDAPSASLPrepError, UnicodeError):
-        return None
-    return prepared or None  # never an empty (unauthenticated, RFC 4513 5.1.2) bind
 
 
 @implementer(IAuthenticator)

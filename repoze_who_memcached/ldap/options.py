@@ -8,16 +8,15 @@ it (:func:`_finish`).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
-import ssl
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from ldap3 import BASE, LEVEL, SUBTREE, Tls
 from ldap3.core.exceptions import LDAPException
 from ldap3.operation.search import parse_filter
 from ldap3.utils.conv import escape_filter_chars
@@ -55,7 +54,12 @@ REFUSAL_LOG_INTERVAL = 60.0
 
 DEFAULT_FILTER = "(uid={login})"
 DEFAULT_GROUP_FILTER = "(&(objectClass=groupOfNames)(member={dn}))"
-SCOPES = {"base": BASE, "one": LEVEL, "sub": SUBTREE}
+SCOPES = ("base", "one", "sub")
+#: ``ldap_library`` values: the library the connections are made with. ldap3 (pure Python)
+#: is always installed; python-ldap (libldap, C; about 5x cheaper in CPU) is the extra
+#: ``repoze_who_memcached[python-ldap]``. Read when a factory runs (tests switch it).
+LIBRARIES = ("ldap3", "python-ldap")
+DEFAULT_LDAP_LIBRARY = "ldap3"
 NO_ATTRIBUTES = "1.1"  # RFC 4511: "return no attributes"
 
 
@@ -140,6 +144,14 @@ class _ServerSpec:
 
 
 @dataclass(frozen=True)
+class _TlsSettings:
+    """How to check the server's certificate (each library builds its own context once)."""
+
+    verify: bool
+    ca_file: str | None
+
+
+@dataclass(frozen=True)
 class _Settings:
     """The options both plugins share, parsed once (see :func:`_parse_common`).
 
@@ -156,7 +168,7 @@ class _Settings:
     filter: _FilterTemplate
     scope: str
     start_tls: bool
-    tls: Tls | None
+    tls: _TlsSettings | None
     connect_timeout: int
     timeout: int
     retry_after: float
@@ -164,6 +176,7 @@ class _Settings:
     pool_size: int
     login_item: str
     max_login_bytes: int
+    library: str = DEFAULT_LDAP_LIBRARY
     missing: tuple[ConfigError, ...] = field(default=(), repr=False, compare=False)
 
 
@@ -246,10 +259,7 @@ def _parse_common(opts: Options) -> _Settings:
             raise opts.error("tls_ca_file", f"no such file: {tls_ca_file!r}")
     tls = None
     if start_tls or any(s.use_ssl for s in servers):
-        tls = Tls(
-            validate=ssl.CERT_REQUIRED if tls_verify else ssl.CERT_NONE,
-            ca_certs_file=tls_ca_file,
-        )
+        tls = _TlsSettings(verify=tls_verify, ca_file=tls_ca_file)
         if not tls_verify:
             log.warning("LDAP TLS certificates are not verified (tls_verify = false): "
                         "anyone on the network path can read passwords")
@@ -263,6 +273,13 @@ def _parse_common(opts: Options) -> _Settings:
     login_item = opts.str("login_item", "login") or "login"
     max_login_bytes = opts.int("max_login_bytes", DEFAULT_MAX_LOGIN_BYTES, minimum=1,
                                maximum=65536)
+    # Not in cache_fingerprint(): both libraries give the same answers to the same
+    # requests (the same tests prove it), so caches made with either may share entries.
+    library = opts.choice("ldap_library", DEFAULT_LDAP_LIBRARY, LIBRARIES)
+    if library == "python-ldap" and importlib.util.find_spec("ldap") is None:
+        raise opts.error("ldap_library", "python-ldap is not installed (pip install "
+                         "'repoze_who_memcached[python-ldap]'; it builds against Debian's "
+                         "libldap2-dev and libsasl2-dev)")
     return _Settings(
         servers=servers,
         bind_dn=bind_dn,
@@ -280,6 +297,7 @@ def _parse_common(opts: Options) -> _Settings:
         pool_size=pool_size,
         login_item=login_item,
         max_login_bytes=max_login_bytes,
+        library=library,
         missing=tuple(missing),
     )
 

@@ -7,9 +7,7 @@ Result codes that are a "no" rather than a broken directory, the partial-result 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 # One logger for the whole package, named as the module was before it became one: logging
 # configurations that name ``repoze_who_memcached.ldap`` see every record as they did.
@@ -44,14 +42,15 @@ def _is_timeout(exc: BaseException) -> bool:
     for _ in range(5):
         if seen is None:
             break
-        if isinstance(seen, TimeoutError) or "timed out" in str(seen):
+        if (getattr(seen, "timed_out", False) or isinstance(seen, TimeoutError)
+                or "timed out" in str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
 
 
 def _describe(exc: BaseException, secret: str | bytes | None = None) -> str:
-    """``Type: message`` of an ldap3 error, with ``secret`` blotted out should it appear."""
+    """``Type: message`` of an error, with ``secret`` blotted out should it appear."""
     return _redact(f"{type(exc).__name__}: {exc}", secret)[:500]
 
 
@@ -65,10 +64,10 @@ def _redact(text: str, secret: str | bytes | None) -> str:
     return text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
 
 
-def _describe_result(what: str, result: Mapping[str, Any], secret: str | bytes | None) -> str:
+def _describe_result(what: str, description: str, code: int, message: str,
+                     secret: str | bytes | None) -> str:
     """``what: description (code) message`` of an LDAP result, ``secret`` blotted out."""
-    text = f"{what}: {result.get('description')} ({result.get('result')}) {result.get('message')}"
-    return _redact(text, secret)[:500]
+    return _redact(f"{what}: {description} ({code}) {message}", secret)[:500]
 
 
 @dataclass
