@@ -5,10 +5,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEBIAN_PACKAGES := memcached slapd ldap-utils nutcracker
-# The programs those packages provide, checked by path (/usr/sbin is not on every PATH).
+# The servers the tests and `make serve` run (twemproxy is nutcracker), and what pip needs to
+# build python-ldap (ldap_library = python-ldap): a C compiler, libldap's, libsasl's and
+# Python's headers.
+DEBIAN_PACKAGES := memcached slapd ldap-utils nutcracker libldap2-dev libsasl2-dev gcc python3-dev
+# What those packages provide, checked by path (/usr/sbin is not on every PATH; the -dev
+# packages have no program: their headers are checked, Python's for the $(PYTHON) in use).
+PYTHON_H = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h
 SYSTEM_PROGRAMS := /usr/bin/memcached /usr/sbin/slapd /usr/sbin/slapadd /usr/bin/ldapsearch \
-                   /usr/sbin/nutcracker
+                   /usr/sbin/nutcracker /usr/include/ldap.h /usr/include/sasl/sasl.h /usr/bin/gcc \
+                   $(PYTHON_H)
 
 .PHONY: help venv system-deps test test-all test-all-fast lint docs serve bench clean
 
@@ -22,16 +28,18 @@ help:
 	@echo "make lint   - ruff"
 	@echo "make docs   - the manual (Sphinx, warnings are errors): docs/_build/html/index.html"
 
-$(STAMP): setup.py pyproject.toml
+# system-deps first (order-only: it is phony, and must not force a reinstall): pip builds
+# python-ldap against the Debian headers it installs.
+$(STAMP): setup.py pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23" "setuptools>=76,<81" wheel
-	$(BIN)/python -m pip install --quiet -e ".[test,bench,paster,pymemcache,prometheus,docs]"
+	$(BIN)/python -m pip install --quiet -e ".[test,bench,paster,pymemcache,prometheus,python-ldap,docs]"
 	touch $@
 
 venv: $(STAMP)
 
 system-deps:
-	@missing=""; for p in $(SYSTEM_PROGRAMS); do [ -x "$$p" ] || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do [ -e "$$p" ] || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages: $(DEBIAN_PACKAGES) (missing:$$missing)"; \

@@ -56,7 +56,7 @@ setup(
         "cryptography>=41",
         "python-memcached>=1.60",
         "ldap3>=2.9",
-        "pyasn1>=0.4",  # imported by ldap.py (it comes with ldap3)
+        "pyasn1>=0.4",  # imported by repoze_who_memcached.ldap (it comes with ldap3)
         "PasteDeploy>=3.0",
     ],
     extras_require={
@@ -67,6 +67,9 @@ setup(
         # pkg_resources, which setuptools 81 and later no longer ship.
         "pyramid": ["pyramid>=2.0", "setuptools>=76,<81"],
         "turbogears": ["TurboGears2>=2.4"],
+        # ldap_library = python-ldap (libldap, C): built from source, needs Debian's
+        # libldap2-dev and libsasl2-dev (the Makefile installs them before pip runs).
+        "python-ldap": ["python-ldap>=3.4"],
         "test": [
             "pytest>=7",
             "WebTest>=3.0",
@@ -80,8 +83,9 @@ setup(
             "pyramid>=2.0",
             "TurboGears2>=2.4",
             "setuptools>=76,<81",
+            "python-ldap>=3.4",  # the LDAP suites run against both ldap_library choices
         ],
-        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0"],
+        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0", "python-ldap>=3.4"],
         "docs": ["sphinx>=7"],
     },
     entry_points={

@@ -8,7 +8,33 @@ from __future__ import annotations
 
 import pytest
 
+from repoze_who_memcached.ldap import options as ldap_option_parsing
 from repoze_who_memcached.testing import SlapdServer
+
+#: Every ``ldap_library``: a test using the ``ldap_library`` fixture runs once with each.
+LDAP_LIBRARIES = ldap_option_parsing.LIBRARIES
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "ldap_libraries(*names): run the test with these ldap_library values only "
+        "(a test of one library's own behaviour)")
+
+
+def pytest_generate_tests(metafunc):
+    if "ldap_library" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("ldap_libraries")
+        names = marker.args if marker else LDAP_LIBRARIES
+        metafunc.parametrize("ldap_library", names, indirect=True)
+
+
+@pytest.fixture
+def ldap_library(request, monkeypatch):
+    """The ``ldap_library`` every LDAP plugin of this test is made with, however it is made
+    (a factory call, a who.ini, the CLI): the factories' default is switched, so the same
+    test, unchanged, runs against each library."""
+    monkeypatch.setattr(ldap_option_parsing, "DEFAULT_LDAP_LIBRARY", request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session")

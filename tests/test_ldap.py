@@ -23,7 +23,8 @@ BOB_DN = "uid=bob,ou=people,dc=example,dc=org"
 ZOE_DN = "uid=zoë,ou=people,dc=example,dc=org"
 CAROL_DN = "cn=Carol\\2C the Auditor,ou=people,dc=example,dc=org"  # as slapd returns it
 
-pytestmark = pytest.mark.slow
+# Every test here runs once per ldap_library (ldap3, python-ldap): see ldap_fixtures.py.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ldap_library")]
 
 
 def identity(login, password, **extra):
