@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import ldap
 import pytest
-from ldap_fixtures import ldap_options
+from ldap_fixtures import IP_TLS_LIBRARIES, ldap_options
 
 from repoze_who_memcached.errors import BackendUnavailable, ConfigError
 from repoze_who_memcached.ldap import _Refused, make_authenticator, make_metadata_provider
+from repoze_who_memcached.ldap.options import LDAP3_VERIFIES_IP_HOSTS
 from repoze_who_memcached.testing import SlapdServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -148,7 +149,7 @@ def ldaps_slapd():
         yield server
 
 
-@pytest.mark.parametrize("library", ["ldap3", "python-ldap"])
+@pytest.mark.parametrize("library", IP_TLS_LIBRARIES)
 def test_ldaps_logins_and_certificate_checks(ldaps_slapd, library, plugins):
     options = {**ldap_options(ldaps_slapd), "url": ldaps_slapd.ldaps_url,
                "ldap_library": library}
@@ -161,7 +162,7 @@ def test_ldaps_logins_and_certificate_checks(ldaps_slapd, library, plugins):
         untrusted.authenticate({}, identity("alice", "wonderland"))
 
 
-@pytest.mark.parametrize("library", ["ldap3", "python-ldap"])
+@pytest.mark.parametrize("library", IP_TLS_LIBRARIES)
 def test_ldaps_user_bind_fails_over_from_a_refused_server(ldaps_slapd, library, plugins):
     """libldap connects ldaps:// itself, lazily; we force the connection at once, inside
     the failover, so a dead first server is skipped by a user bind too (called first here:
@@ -174,3 +175,18 @@ def test_ldaps_user_bind_fails_over_from_a_refused_server(ldaps_slapd, library, 
     assert plugin.directory.check_password(ALICE_DN, b"wonderland") is True
     assert plugin.directory.check_password(ALICE_DN, b"nope") is False
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
+
+
+def test_ldap3_refuses_ip_hosts_with_tls_where_it_cannot_verify(slapd_tls):
+    """On Python 3.12+ ldap3's own certificate-name check refuses every IP address: such a
+    config fails at load naming the option and the ways out, instead of every login failing."""
+    options = {**ldap_options(slapd_tls), "start_tls": "true",
+               "tls_ca_file": str(slapd_tls.ca_file), "ldap_library": "ldap3"}
+    if LDAP3_VERIFIES_IP_HOSTS:
+        plugin = make_authenticator(**options)
+        assert plugin.authenticate({}, {"login": "alice", "password": "wonderland"})
+        plugin.close()
+    else:
+        with pytest.raises(ConfigError, match="option 'url'.*IP address.*python-ldap"):
+            make_authenticator(**options)
+    make_authenticator(**{**options, "tls_verify": "false"}).close()  # nothing to match

@@ -9,10 +9,12 @@ it (:func:`_finish`).
 from __future__ import annotations
 
 import importlib.util
+import ipaddress
 import logging
 import os
 import re
 import string
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -131,6 +133,20 @@ def _escape_filter_value(value: str) -> str:
         "".join(f"\\{byte:02x}" for byte in char.encode("utf-8")) if char.isspace() else char
         for char in escaped
     )
+
+
+# ldap3 checks certificate names itself: with ssl.match_hostname (Python up to 3.11, which
+# matches IP addresses) or, where the stdlib has none (3.12 and later), a backport of its own
+# that refuses IP addresses.
+LDAP3_VERIFIES_IP_HOSTS = sys.version_info < (3, 12)
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -280,6 +296,14 @@ def _parse_common(opts: Options) -> _Settings:
         raise opts.error("ldap_library", "python-ldap is not installed (pip install "
                          "'repoze_who_memcached[python-ldap]'; it builds against Debian's "
                          "libldap2-dev and libsasl2-dev)")
+    if tls is not None and tls.verify and library == "ldap3" and not LDAP3_VERIFIES_IP_HOSTS:
+        ip_hosts = [s.host for s in servers if _is_ip_address(s.host)]
+        if ip_hosts:
+            raise opts.error("url", f"{ip_hosts[0]} is an IP address: on Python 3.12 and later "
+                             "ldap3 cannot match a certificate to an IP address (its own "
+                             "hostname check has no IP support), so every TLS connection "
+                             "would fail. Use the server's host name, or ldap_library = "
+                             "python-ldap")
     return _Settings(
         servers=servers,
         bind_dn=bind_dn,
