@@ -361,7 +361,7 @@ class CachingPlugin:
         shield_key = route = None
         if self.shield is not None and method == AUTHENTICATE:
             login = identity.get(self.login_item)
-            route = self.region.user_key("login", login)
+            route = self.region.route_for(("login", login))
             if route is not None:
                 shield_key = self.shield.admit(login, route)
                 if shield_key is None:

@@ -14,6 +14,7 @@ their caller. Everything that can be done once is done in ``__init__``.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import random
@@ -27,7 +28,7 @@ from typing import Any
 from .backends import CacheBackend
 from .counters import Counters, RateLimitedLog
 from .generations import is_token, new_token
-from .keys import KeyMaker, Unencodable
+from .keys import KeyMaker, Unencodable, encode_value, ldap_normal_form
 from .nearcache import Answer, NearCache, copy_if_mutable
 from .sealing import Sealer, Unsealable, tag_tuples
 
@@ -199,20 +200,25 @@ class CacheRegion:
         keys = self.keys
         entry_key = keys.entry_key("", items, head, keys.tag_of(user_key))
         if user_key:
-            route = user_key
-            generation_keys = [keys.namespace_key_for(route) if self.proxied
+            route = self.route_for(user) or user_key
+            generation_keys = [keys.namespace_key_for(user_key) if self.proxied
                                else self.namespace_key, user_key]
         else:
             route = entry_key
             generation_keys = [keys.namespace_key_for(route) if self.proxied
                                else self.namespace_key]
+        # The keys of the entry under each previous secret ride along (secret rotation).
+        rotated = self._previous_keys(items, head, user, route) if self.previous else []
+        also = [k for _, entry, olds in rotated for k in (entry, *olds)]
         # All of a user's keys live on one server: one round trip, whatever the cluster.
-        record, generations = self._fetch(entry_key, generation_keys, route)
+        record, generations = self._fetch(entry_key, generation_keys, route, *also)
+        generations, found_also = generations[:len(generation_keys)], generations[
+            len(generation_keys):]
         now = time.time()
         lookup = _Lookup(entry_key, route, generation_keys, generations, near_key, near_flushes,
                          user, credential)
-        if record is None and self.previous:
-            record = self._rotated(lookup, head, items, user)
+        if record is None and rotated:
+            record = self._rotated(lookup, rotated, dict(zip(also, found_also, strict=True)))
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
             self.counters.incr("hits" if positive else "negative_hits")
@@ -252,26 +258,53 @@ class CacheRegion:
         record = self._open(entry_key, found.get(entry_key), generations)
         return record, generations + [found.get(k) for k in also]
 
-    def _rotated(self, lookup: _Lookup, head: bytes, items: Sequence[tuple[str, Any]],
-                 user: tuple[str, Any] | None) -> dict | None:
-        """An entry stored under a previous secret (``previous_secrets``), re-stored under
-        the current one with the expiry it had; None if there is none.
+    def route_for(self, user: tuple[str, Any] | None) -> str | None:
+        """What picks the memcached server of a user's keys (None: no user).
 
-        Only on a miss under the current secret, while previous secrets are listed: one
-        more round trip per previous secret, to the server that secret routed the user to.
+        Not a key: a digest of the user's normal form, the same under every secret, so an
+        entry written under a previous secret sits on the server the current one asks
+        (secret rotation reads both in one round trip). It tells whoever sees it which
+        server a user's keys are on, and nothing else. Behind a proxy the proxy routes by
+        the keys' hash tags, and the user's generation key is the route.
         """
+        if user is None:
+            return None
+        kind, name = user
+        if self.proxied:
+            return self.user_key(kind, name)
+        out: list[bytes] = [b"route\0"]
+        try:
+            encode_value(kind, out)
+            encode_value(ldap_normal_form(name) if isinstance(name, str) else name, out)
+        except (Unencodable, RecursionError, ValueError):
+            return None
+        return "route:" + hashlib.sha256(b"".join(out)).hexdigest()[:32]
+
+    def _previous_keys(self, items: Sequence[tuple[str, Any]], head: bytes,
+                       user: tuple[str, Any] | None, route: str
+                       ) -> list[tuple[_SecretKeys, str, list[str]]]:
+        """For each previous secret: its keys, and the entry and generation keys the same
+        answer has under it."""
+        found = []
         for old in self.previous:
             user_key = self.user_key(*user, keys=old.keys) if user is not None else None
             entry_key = old.keys.entry_key("", items, head, old.keys.tag_of(user_key))
-            route = user_key or entry_key
-            namespace_key = old.keys.namespace_key_for(route) if self.proxied else (
-                old.namespace_key)
-            keys = [namespace_key, user_key] if user_key else [namespace_key]
-            found = self.backend.get_multi([entry_key, *keys], route)
+            namespace_key = old.keys.namespace_key_for(user_key or entry_key) if (
+                self.proxied) else old.namespace_key
+            found.append((old, entry_key,
+                          [namespace_key, user_key] if user_key else [namespace_key]))
+        return found
+
+    def _rotated(self, lookup: _Lookup, rotated: list[tuple[_SecretKeys, str, list[str]]],
+                 found: dict[str, Any]) -> dict | None:
+        """An entry stored under a previous secret (``previous_secrets``), read in the same
+        round trip as the current one, re-stored under the current secret; None if none."""
+        for old, entry_key, generation_keys in rotated:
             raw = found.get(entry_key)
             if raw is None:
                 continue
-            record = self._open(entry_key, raw, [found.get(k) for k in keys], old.sealer)
+            record = self._open(entry_key, raw, [found.get(k) for k in generation_keys],
+                                old.sealer)
             if record is None or time.time() >= record[_EXPIRES]:
                 continue
             self.counters.incr("rotated_hits")

@@ -308,3 +308,41 @@ use = repoze_who_memcached.basicauth:make_plugin
     assert "old password is served stale" in out
     quiet = plugin_for(memcached, CountingAuthenticator(), refresh_ahead="0.2")
     assert conflicting_settings(quiet) == []
+
+
+@pytest.fixture
+def three_servers():
+    from repoze_who_memcached.testing import MemcachedServer
+
+    with MemcachedServer() as a, MemcachedServer() as b, MemcachedServer() as c:
+        yield [a, b, c]
+
+
+def test_rotation_across_servers_reads_both_secrets_in_one_round_trip(three_servers):
+    """A user's keys are routed the same under every secret, so the old entry is on the server
+    the new lookup asks, in the same get; no login reaches the backend."""
+    old = "rotated-out-" + secrets.token_urlsafe(32)
+    urls = " ".join(s.url for s in three_servers)
+    users = {f"user{n}": f"pw-{n}" for n in range(30)}
+    backend = CountingAuthenticator(users=users)
+    before = make_plugin(secret=old, memcached_urls=urls, authenticator=backend)
+    for user, password in users.items():
+        login(before, user, password)
+    calls = backend.calls
+    during = make_plugin(secret=SECRET, memcached_urls=urls, authenticator=backend,
+                         previous_secrets=old)
+    gets = []
+    real_get_multi = during.backend.get_multi
+
+    def counting_get_multi(keys, route):
+        gets.append(len(keys))
+        return real_get_multi(keys, route)
+
+    during.backend.get_multi = counting_get_multi
+    for user, password in users.items():
+        gets.clear()
+        environ = login(during, user, password)[2]
+        assert environ[ENVIRON_KEY]["cache"]["authenticate"] == "hit", user
+        assert len(gets) == 1, gets  # one round trip, old secret included
+    assert backend.calls == calls
+    assert during.counters.snapshot()["rotated_hits"] == len(users)

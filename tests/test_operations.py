@@ -513,7 +513,7 @@ def _lock_key_for(plugin, user, password):
     items = sorted({"login": user, "password": password}.items())
     head = plugin._entry_heads["authenticate"]
     entry_key = plugin.region.keys.entry_key("authenticate", items, head)
-    route = plugin.region.keys.user_generation_key("login", user)
+    route = plugin.region.route_for(("login", user))
     return plugin.region.keys.lock_key(entry_key), route
 
 
