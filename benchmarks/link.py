@@ -115,7 +115,8 @@ def build_cases(lab: Any, relay: RelayProcess) -> tuple[dict[str, Callable[[], A
     name = "ours_hit[pymemcache]@loopback"
     loopback_hit = stacks.our_cached(app, [lab.memcached.url], "pymemcache",
                                      slapd_url=lab.slapd.url,
-                                     key_prefix="link-pymemcache:")  # filled just above
+                                     key_prefix="link-loopback-pymemcache:")
+    stacks.call(loopback_hit, environ)  # the miss (the directory's address is in the keys)
     latency._expect_hit(stacks.call(loopback_hit, environ), name)
     cases[name] = stacks.wsgi_case(loopback_hit, environ)
 

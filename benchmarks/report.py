@@ -247,7 +247,7 @@ def _opt_us(value: float | None) -> str:
 
 
 def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
-          intro: str = "") -> list[str]:
+          intro: str = "", targets_note: str = "") -> list[str]:
     lines = [title, "",
              f"Server stack (waitress, memcached, slapd) on CPU {h['server_cpu']}, client "
              f"threads on CPU(s) {h['client_cpus']}. {intro}User binds: binds as the user's "
@@ -265,10 +265,11 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
                        "rounds were still first sightings (an LDAP search + bind each): even "
                        f"free hits would give at most {t['bound_from_misses']:.1f}x")
             rows.append([f"{t['workload']}: `{t['numerator']}` / `{t['denominator']}`",
-                         t["meaning"], f"**{t['ratio']:.2f}**", f"≥ {t['target']:.2f}",
-                         "met" if t["met"] else "**missed**", why])
-        lines += _table(["requests/s ratio", "meaning", "measured", "target", "", "why"],
-                        rows, text=2)
+                         t["meaning"], "met" if t["met"] else "**missed**", why,
+                         f"**{t['ratio']:.2f}**", f"≥ {t['target']:.2f}"])
+        lines += [targets_note, ""] if targets_note else []
+        lines += _table(["requests/s ratio", "meaning", "", "why", "measured", "target"],
+                        rows, text=4)
         lines += ["Hot ratios: median of per-round ratios to `noauth` measured in the same "
                   "round. Zipf ratios: median of per-round ratios to `uncached` over the warm "
                   "rounds (round 2 on; round 1 starts from an empty cache, and is in the "
@@ -356,7 +357,9 @@ def _link(lk: dict[str, Any]) -> list[str]:
             for k, v in lk["ratios"].items()]
     lines += _table(["ratio (same rounds)", "median", "range"], rows)
     lines += _http(lk["http"], "### Throughput over HTTP across the link",
-                   "memcached and slapd through the relay. ")
+                   "memcached and slapd through the relay. ",
+                   "The targets belong to the loopback section above; here they are shown "
+                   "for information: what the same ratios become across the link.")
     return lines
 
 
