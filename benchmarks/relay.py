@@ -18,13 +18,26 @@ connection, started and stopped by the caller::
 
 :meth:`cut` closes every connection and refuses new ones (a partition); :meth:`restore`
 lets them through again. The server behind keeps its data, as across a real partition.
+
+The relay accepts on loopback at once, so a new connection's TCP handshake costs no delay
+by itself; with ``connect_round_trip=True`` the first chunk a client sends on a connection
+waits one more round trip (``2 * delay``), which is what a handshake across the link costs
+a client that writes as soon as ``connect`` returns (ldap3's bind on a fresh connection).
+
+Run as a process of its own (the benchmarks do, so that its threads share no GIL with the
+process being measured)::
+
+    python -m benchmarks.relay --delay 0.00025 --connect-round-trip 21001=127.0.0.1:11211
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import queue
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -37,9 +50,10 @@ DATA_CENTRE_DELAY = 0.00025  # seconds each way
 class DelayingRelay:
     def __init__(self, target: tuple[str, int], delay: float = DATA_CENTRE_DELAY, *,
                  host: str = LOOPBACK, port: int | None = None, max_connections: int = 256,
-                 max_buffered: int = 256) -> None:
+                 max_buffered: int = 256, connect_round_trip: bool = False) -> None:
         self.target = target
         self.delay = delay
+        self.connect_round_trip = connect_round_trip
         self.host = host
         self.port = port or free_port(host)
         self.max_connections = max_connections
@@ -133,8 +147,9 @@ class DelayingRelay:
                 self._sockets.update((client, upstream))
                 self._pairs += 1
             done = threading.Barrier(2, action=lambda c=client, u=upstream: self._end(c, u))
-            for source, sink in ((client, upstream), (upstream, client)):
-                self._direction(source, sink, done)
+            handshake = 2 * self.delay if self.connect_round_trip else 0.0
+            self._direction(client, upstream, done, first_extra=handshake)
+            self._direction(upstream, client, done)
 
     def _end(self, client: socket.socket, upstream: socket.socket) -> None:
         with self._lock:
@@ -145,14 +160,17 @@ class DelayingRelay:
         upstream.close()
 
     def _direction(self, source: socket.socket, sink: socket.socket,
-                   done: threading.Barrier) -> None:
-        """One way: a reader stamps each chunk with its due time, a writer sends it then."""
+                   done: threading.Barrier, first_extra: float = 0.0) -> None:
+        """One way: a reader stamps each chunk with its due time, a writer sends it then
+        (the first chunk ``first_extra`` seconds later still: a handshake's round trip)."""
         chunks: queue.Queue[tuple[float, bytes] | None] = queue.Queue(self.max_buffered)
 
         def read() -> None:
+            extra = first_extra
             try:
                 while chunk := source.recv(65536):
-                    chunks.put((time.monotonic() + self.delay, chunk))
+                    chunks.put((time.monotonic() + self.delay + extra, chunk))
+                    extra = 0.0
             except OSError:
                 pass
             finally:
@@ -179,3 +197,41 @@ class DelayingRelay:
 
         for target in (read, write):
             threading.Thread(target=target, name=f"relay-{self.port}-io", daemon=True).start()
+
+
+# ------------------------------------------------------------------ as a process
+
+
+def _parse_route(text: str) -> tuple[int, tuple[str, int]]:
+    """``LISTEN_PORT=HOST:PORT``."""
+    listen, _, target = text.partition("=")
+    host, _, port = target.rpartition(":")
+    if not listen.isdigit() or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected LISTEN_PORT=HOST:PORT, got {text!r}")
+    return int(listen), (host, int(port))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Relay every route until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.relay")
+    parser.add_argument("--delay", type=float, default=DATA_CENTRE_DELAY,
+                        help="seconds each way (default 0.00025)")
+    parser.add_argument("--connect-round-trip", action="store_true",
+                        help="delay a connection's first chunk by one more round trip")
+    parser.add_argument("routes", nargs="+", type=_parse_route,
+                        metavar="LISTEN_PORT=HOST:PORT")
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with contextlib.ExitStack() as relays:
+        for port, target in args.routes:
+            relays.enter_context(DelayingRelay(target, args.delay, port=port,
+                                               connect_round_trip=args.connect_round_trip))
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import latency, load, report, scale, servers, throughput
+from . import latency, link, load, report, scale, servers, throughput
 
 RESULTS_DIR = Path(__file__).parent / "results"
-SECTIONS = ("latency", "http", "load", "scale")
+SECTIONS = ("latency", "http", "latency-link", "load", "scale")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Mode:
     http: throughput.Settings
     load: load.Settings
     scale: scale.Settings
+    link: link.Settings
 
 
 QUICK = Mode(
@@ -44,6 +45,9 @@ QUICK = Mode(
                              users=1000, zipf_s=1.1, hot_users=50, hot_seconds=0.7),
     load=load.Settings(threads=50, processes=2, trials=1, lock_timeout=2),
     scale=scale.Settings(fills=(1, 10_000), sample=200, rounds=5, batch_seconds=0.02),
+    link=link.Settings(rounds=5, batch_seconds=0.02, http=throughput.Settings(
+        rounds=2, seconds=1.0, client_threads=4, server_threads=4, users=1000, zipf_s=1.1,
+        hot_users=50, hot_seconds=0.7)),
 )
 FULL = Mode(
     name="full",
@@ -54,6 +58,9 @@ FULL = Mode(
     load=load.Settings(threads=50, processes=3, trials=3, lock_timeout=5),
     scale=scale.Settings(fills=(1, 10_000, 1_000_000), sample=1000, rounds=15,
                          batch_seconds=0.04),
+    link=link.Settings(rounds=11, batch_seconds=0.05, http=throughput.Settings(
+        rounds=3, seconds=3.0, client_threads=8, server_threads=8, users=10_000, zipf_s=1.1,
+        hot_users=100, hot_seconds=2.0)),
 )
 
 
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     others = [c for c in all_cpus if c != cpu] or [cpu]
     environment["pinning"] = (
         f"the benchmark process and every server (memcached, slapd, waitress) on CPU {cpu} "
-        f"(`taskset -c {cpu}`); the HTTP load generator's threads on CPU {others}; the "
+        f"(`taskset -c {cpu}`); the HTTP load generator's threads and the delaying relay "
+        f"of latency-link on CPU {others}; the "
         f"load-test workers on CPUs {all_cpus}; machine CPUs {all_cpus}")
     results: dict[str, Any] = {
         "mode": mode.name,
@@ -123,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
             "http": vars(mode.http),
             "load": vars(mode.load),
             "scale": {**vars(mode.scale), "fills": list(mode.scale.fills)},
+            "latency-link": {"rounds": mode.link.rounds,
+                             "batch_seconds": mode.link.batch_seconds,
+                             "delay": mode.link.delay, "http": vars(mode.link.http)},
         },
     }
     servers.pin_to({cpu})
     with tempfile.TemporaryDirectory(prefix="rwm-bench-") as tmp:
-        if set(sections) & {"latency", "http", "load"}:
+        if set(sections) & {"latency", "http", "latency-link", "load"}:
             log(f"mode {mode.name}: starting slapd ({mode.users} generated users) and "
                 "memcached")
             with Lab(Path(tmp), mode.users, cpu, all_cpus) as lab:
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                     results["latency"] = latency.run(lab, mode.latency, log)
                 if "http" in sections:
                     results["http"] = throughput.run(lab, mode.http, log)
+                if "latency-link" in sections:
+                    results["latency-link"] = link.run(lab, mode.link, log)
                 if "load" in sections:
                     results["load"] = load.run(lab, mode.load, log)
                 log("stopping slapd and memcached")

@@ -67,9 +67,11 @@ ACCEPT_ALL_SPEC = "benchmarks.stacks:make_accept_all"
 LDAP_SPEC = "repoze_who_memcached.ldap:make_authenticator"
 
 
-def ldap_options(slapd_url: str, pool_size: int = 4) -> dict[str, str]:
-    """Our LDAP authenticator's options (as strings, as an ini gives them)."""
-    return {
+def ldap_options(slapd_url: str, pool_size: int = 4,
+                 ldap_library: str | None = None) -> dict[str, str]:
+    """Our LDAP authenticator's options (as strings, as an ini gives them); ``ldap_library``
+    only when asked for (a build without the option refuses it)."""
+    options = {
         "url": slapd_url,
         "base_dn": PEOPLE_DN,
         "bind_dn": READER_DN,
@@ -77,10 +79,30 @@ def ldap_options(slapd_url: str, pool_size: int = 4) -> dict[str, str]:
         "userid_attribute": "uid",
         "pool_size": str(pool_size),
     }
+    if ldap_library is not None:
+        options["ldap_library"] = ldap_library
+    return options
 
 
 def make_ldap(slapd_url: str, pool_size: int = 4) -> Any:
     return make_authenticator(**ldap_options(slapd_url, pool_size))
+
+
+def python_ldap_unavailable(slapd_url: str) -> str | None:
+    """Why our LDAP authenticator cannot run on python-ldap here (None when it can): the
+    option ``ldap_library = python-ldap`` is refused, or the library is not installed."""
+    from repoze_who_memcached.errors import ConfigError
+
+    try:
+        authenticator = make_authenticator(**ldap_options(slapd_url, ldap_library="python-ldap"))
+    except ConfigError:
+        return "not available in this build (ldap_library = python-ldap is refused)"
+    except ImportError:
+        return "not installed (ldap_library = python-ldap needs the python-ldap package)"
+    close = getattr(authenticator, "close", None)
+    if close is not None:
+        close()
+    return None
 
 
 # ------------------------------------------------------------------ stock repoze.who
@@ -146,14 +168,17 @@ def our_floor(app: Wsgi) -> Any:
     return our_filter(app, {"cache": "false", "authenticator": ACCEPT_ALL_SPEC})
 
 
-def our_ldap_uncached(app: Wsgi, slapd_url: str, pool_size: int = 4) -> Any:
+def our_ldap_uncached(app: Wsgi, slapd_url: str, pool_size: int = 4,
+                      ldap_library: str | None = None) -> Any:
     conf = {"cache": "false", "authenticator": LDAP_SPEC}
-    conf.update({f"authenticator.{k}": v for k, v in ldap_options(slapd_url, pool_size).items()})
+    conf.update({f"authenticator.{k}": v
+                 for k, v in ldap_options(slapd_url, pool_size, ldap_library).items()})
     return our_filter(app, conf)
 
 
 def our_cached(app: Wsgi, memcached_urls: list[str], client: str, *,
-               slapd_url: str | None = None, pool_size: int = 4, **cache_options: str) -> Any:
+               slapd_url: str | None = None, pool_size: int = 4,
+               ldap_library: str | None = None, **cache_options: str) -> Any:
     """Our filter with the cache on, wrapping our LDAP authenticator (or, with no
     ``slapd_url``, the accept-all authenticator)."""
     conf = {
@@ -167,7 +192,7 @@ def our_cached(app: Wsgi, memcached_urls: list[str], client: str, *,
     else:
         conf["authenticator"] = LDAP_SPEC
         conf.update({f"authenticator.{k}": v
-                     for k, v in ldap_options(slapd_url, pool_size).items()})
+                     for k, v in ldap_options(slapd_url, pool_size, ldap_library).items()})
     conf.update(cache_options)
     return our_filter(app, conf)
 
