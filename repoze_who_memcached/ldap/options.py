@@ -297,7 +297,8 @@ def _parse_common(opts: Options) -> _Settings:
                          "'repoze_who_memcached[python-ldap]'; it builds against Debian's "
                          "libldap2-dev and libsasl2-dev)")
     if tls is not None and tls.verify and library == "ldap3" and not LDAP3_VERIFIES_IP_HOSTS:
-        ip_hosts = [s.host for s in servers if _is_ip_address(s.host)]
+        ip_hosts = [s.host for s in servers
+                    if (s.use_ssl or start_tls) and _is_ip_address(s.host)]
         if ip_hosts:
             raise opts.error("url", f"{ip_hosts[0]} is an IP address: on Python 3.12 and later "
                              "ldap3 cannot match a certificate to an IP address (its own "
