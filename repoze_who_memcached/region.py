@@ -14,7 +14,6 @@ their caller. Everything that can be done once is done in ``__init__``.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import random
@@ -22,14 +21,26 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from .backends import CacheBackend
 from .counters import Counters, RateLimitedLog
+from .credentials import LatestCredentialWins
 from .generations import is_token, new_token
-from .keys import KeyMaker, Unencodable, encode_value, ldap_normal_form
+from .keys import KeyMaker, Unencodable
 from .nearcache import Answer, NearCache, copy_if_mutable
+from .records import EXPIRES as _EXPIRES
+from .records import GENERATIONS as _GENERATIONS
+from .records import POSITIVE as _POSITIVE
+from .records import USERID as _USERID
+from .records import VALUES as _VALUES
+from .records import Lookup as _Lookup
+from .records import Outcome, Result
+from .records import SecretKeys as _SecretKeys
+from .records import cacheable as _cacheable
+from .records import outcome_of as _outcome_of
+from .refresh import RefreshAhead
+from .rotation import SecretRotation
 from .sealing import Sealer, Unsealable, tag_tuples
 
 logger = logging.getLogger("repoze_who_memcached")
@@ -37,63 +48,6 @@ logger = logging.getLogger("repoze_who_memcached")
 _EXPIRY_MARGIN = 2  # seconds (see store_expiry)
 _COALESCE_WAIT = 60.0  # a waiter never waits longer than this for another thread's call
 _LOCK_POLL = 0.02
-_SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
-
-# Field names inside a sealed record (short: they are stored once per entry).
-_USERID, _VALUES, _EXPIRES, _GENERATIONS, _POSITIVE = "u", "v", "x", "g", "p"
-
-
-@dataclass
-class Outcome:
-    """What one call of ``create`` produced, shared with the threads that waited for it.
-
-    ``positive``: an answer to cache for ``ttl`` (else a denial, for ``negative_ttl``).
-    ``failed``: the backend could not answer; nothing is cached and a stale answer may do.
-    ``refused``: the caller declined to ask (the lockout shield): a denial, not cached.
-    """
-
-    userid: Any = None
-    values: dict[str, Any] | None = None
-    failed: bool = False
-    positive: bool = False
-    refused: bool = False
-
-
-Result = tuple[str, Any, dict[str, Any] | None]
-"""What :meth:`CacheRegion.get_or_create` returns: (outcome, userid, values), outcome one
-of hit, negative_hit, miss, stale, error, refused; values are the caller's own to change."""
-
-_MAX_PENDING_REFRESHES = 256  # refresh-ahead calls queued at once; more are skipped
-
-
-@dataclass(frozen=True)
-class _SecretKeys:
-    """Keys and sealing under one previous secret (``previous_secrets``)."""
-
-    keys: KeyMaker
-    sealer: Sealer
-    namespace_key: str
-
-
-def _copy_dicts(args: tuple) -> tuple:
-    """A refresh runs after its request is answered: it gets its own environ and identity
-    (shallow copies), so neither side sees the other's changes."""
-    return tuple(dict(a) if isinstance(a, dict) else a for a in args)
-
-
-@dataclass
-class _Lookup:
-    """One cached call in progress: what it asks, and where its keys live."""
-
-    entry_key: str
-    route: str  # the key that picks the server (the user's generation key)
-    generation_keys: list[str]
-    generations: list[Any]  # the tokens as last read
-    near_key: bytes | None = None  # where the near cache keeps the answer (None: it doesn't)
-    near_flushes: int = 0  # the near cache's flush count before the first read
-    user: tuple[str, Any] | None = None  # (kind, name) of the user who owns the entry
-    credential: Any = None  # what a login proved with (the latest password wins)
-
 
 class _Flight:
     __slots__ = ("done", "outcome")
@@ -103,7 +57,7 @@ class _Flight:
         self.outcome = Outcome(failed=True)
 
 
-class CacheRegion:
+class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
     """Get-or-create of sealed, generation-checked answers in memcached (see module doc)."""
 
     def __init__(
@@ -257,161 +211,6 @@ class CacheRegion:
         generations = [found.get(k) for k in generation_keys]
         record = self._open(entry_key, found.get(entry_key), generations)
         return record, generations + [found.get(k) for k in also]
-
-    def route_for(self, user: tuple[str, Any] | None) -> str | None:
-        """What picks the memcached server of a user's keys (None: no user).
-
-        Not a key: a digest of the user's normal form, the same under every secret, so an
-        entry written under a previous secret sits on the server the current one asks
-        (secret rotation reads both in one round trip). It tells whoever sees it which
-        server a user's keys are on, and nothing else. Behind a proxy the proxy routes by
-        the keys' hash tags, and the user's generation key is the route.
-        """
-        if user is None:
-            return None
-        kind, name = user
-        if self.proxied:
-            return self.user_key(kind, name)
-        out: list[bytes] = [b"route\0"]
-        try:
-            encode_value(kind, out)
-            encode_value(ldap_normal_form(name) if isinstance(name, str) else name, out)
-        except (Unencodable, RecursionError, ValueError):
-            return None
-        return "route:" + hashlib.sha256(b"".join(out)).hexdigest()[:32]
-
-    def _previous_keys(self, items: Sequence[tuple[str, Any]], head: bytes,
-                       user: tuple[str, Any] | None, route: str
-                       ) -> list[tuple[_SecretKeys, str, list[str]]]:
-        """For each previous secret: its keys, and the entry and generation keys the same
-        answer has under it."""
-        found = []
-        for old in self.previous:
-            user_key = self.user_key(*user, keys=old.keys) if user is not None else None
-            entry_key = old.keys.entry_key("", items, head, old.keys.tag_of(user_key))
-            namespace_key = old.keys.namespace_key_for(user_key or entry_key) if (
-                self.proxied) else old.namespace_key
-            found.append((old, entry_key,
-                          [namespace_key, user_key] if user_key else [namespace_key]))
-        return found
-
-    def _rotated(self, lookup: _Lookup, rotated: list[tuple[_SecretKeys, str, list[str]]],
-                 found: dict[str, Any]) -> dict | None:
-        """An entry stored under a previous secret (``previous_secrets``), read in the same
-        round trip as the current one, re-stored under the current secret; None if none."""
-        for old, entry_key, generation_keys in rotated:
-            raw = found.get(entry_key)
-            if raw is None:
-                continue
-            record = self._open(entry_key, raw, [found.get(k) for k in generation_keys],
-                                old.sealer)
-            if record is None or time.time() >= record[_EXPIRES]:
-                continue
-            self.counters.incr("rotated_hits")
-            positive = bool(record[_POSITIVE])
-            outcome = Outcome(record.get(_USERID), dict(record[_VALUES]), positive=positive)
-            # Never longer than this configuration's own ttl (the old one may have been longer).
-            expires = min(record[_EXPIRES],
-                          time.time() + (self.ttl if positive else self.negative_ttl))
-            record[_EXPIRES] = expires
-            self._store(lookup, outcome, expires=expires)
-            return record
-        return None
-
-    def _refresh_soon(self, lookup: _Lookup, create: Callable[..., Outcome],
-                      args: tuple) -> None:
-        """Refresh-ahead: re-check an entry near its end in the background, once per
-        process (a set of keys) and once in the cluster (the memcached lock)."""
-        with self._flights_lock:
-            if lookup.entry_key in self._refreshing or (
-                    len(self._refreshing) >= _MAX_PENDING_REFRESHES):
-                return
-            self._refreshing.add(lookup.entry_key)
-            if self._refresher is None:
-                self._refresher = ThreadPoolExecutor(
-                    max_workers=2, thread_name_prefix="repoze_who_memcached-refresh")
-        try:
-            self._refresher.submit(self._refresh, lookup, create, _copy_dicts(args))
-        except RuntimeError:  # interpreter shutting down
-            with self._flights_lock:
-                self._refreshing.discard(lookup.entry_key)
-
-    def _refresh(self, lookup: _Lookup, create: Callable[..., Outcome], args: tuple) -> None:
-        lock_key = self.keys.lock_key(lookup.entry_key)
-        try:
-            if not self.backend.add(lock_key, self.lock_token, max(self.lock_timeout, 10),
-                                    lookup.route):
-                return  # another process refreshes it (or memcached fails)
-            try:
-                outcome = create(*args)
-                if outcome.failed or outcome.refused:
-                    return  # the entry stays until its own expiry
-                self.counters.incr("refreshes")
-                if outcome.positive:
-                    if lookup.credential is not None and not self._remember_credential(
-                            lookup, outcome, refreshing=True):
-                        # The login's password changed since this entry was stored: a late
-                        # "yes" for the old one must not undo that; drop the entry instead.
-                        self.backend.delete(lookup.entry_key, lookup.route)
-                        return
-                    self._store(lookup, outcome)
-                else:  # the backend says no now: drop the entry at once, near caches too
-                    self.backend.delete(lookup.entry_key, lookup.route)
-                    self._replace_epoch()
-            finally:
-                self.backend.delete(lock_key, lookup.route)
-        except Exception:  # a background thread: log, never raise into the pool
-            logger.exception("cache %s: refresh-ahead failed", self.name)
-        finally:
-            with self._flights_lock:
-                self._refreshing.discard(lookup.entry_key)
-
-    def _remember_credential(self, lookup: _Lookup, outcome: Outcome,
-                             refreshing: bool = False) -> bool:
-        """The latest password wins: a success with another credential than the login's
-        last successful one means the password changed, so every other entry of the login
-        stops being used, on every server, before this one is stored under a new token.
-
-        The last credential is kept as a keyed digest, sealed (AES-GCM, padded) under a
-        per-login key. Denials rewrite it too, unchanged, when they are cached: to a
-        memcached reader a success and a cached denial write the same things.
-
-        ``refreshing``: a refresh-ahead's answer, which may arrive after a newer password's
-        login; then a different stamp means "too late" (returns False, nothing changed).
-        """
-        assert lookup.user is not None
-        kind, login = lookup.user
-        if kind != "login" or len(lookup.generation_keys) < 2:
-            return True
-        if not outcome.positive and not self.negative_ttl:
-            return True  # a denial that stores nothing
-        stamp_key = self.keys.login_key("credential-stamp", login)
-        try:
-            ours = self.keys.credential_stamp(login, lookup.credential).decode("ascii")
-        except (Unencodable, RecursionError, ValueError):
-            return True
-        raw = self.backend.get_multi([stamp_key], lookup.route).get(stamp_key)
-        held = None
-        if raw is not None:
-            try:
-                held = self.sealer.open(stamp_key, raw).get("s")
-            except (Unsealable, ValueError, TypeError, AttributeError):
-                held = None  # garbage: as if none were held
-        if outcome.positive:
-            if isinstance(held, str) and not hmac.compare_digest(held, ours):
-                if refreshing:
-                    return False
-                token = new_token()
-                failed = self.backend.set_everywhere(lookup.generation_keys[1], token)
-                if len(failed) < len(self.backend.settings.servers):
-                    lookup.generations[1] = token
-                    self.counters.incr("password_changes")
-                    self._replace_epoch()
-            held = ours
-        kept = held if isinstance(held, str) else None
-        self.backend.set(stamp_key, self.sealer.seal(stamp_key, {"s": kept}),
-                         self.store_expiry, lookup.route)
-        return True
 
     def _fresh_outcome(self, lookup: _Lookup) -> Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
@@ -727,22 +526,3 @@ class CacheRegion:
             raise RuntimeError(f"cache {self.name}: no memcached server could be reached "
                                f"({', '.join(failed)}); nothing was invalidated")
         return failed
-
-
-def _outcome_of(record: dict | None) -> Outcome | None:
-    """A fresh record as the outcome of a call (None if there is none)."""
-    if record is None or time.time() >= record[_EXPIRES]:
-        return None
-    return Outcome(userid=record.get(_USERID), values=dict(record[_VALUES]),
-                   positive=bool(record[_POSITIVE]))
-
-
-def _cacheable(value: Any) -> bool:
-    """Plain data that survives sealing unchanged (dict keys must be str for JSON)."""
-    if isinstance(value, _SIMPLE_TYPES):
-        return not isinstance(value, float) or value == value
-    if isinstance(value, (list, tuple)):
-        return all(_cacheable(v) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _cacheable(v) for k, v in value.items())
-    return False
