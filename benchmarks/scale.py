@@ -33,6 +33,7 @@ from repoze.who.interfaces import IAuthenticator
 from zope.interface import implementer
 
 from repoze_who_memcached import CachingPlugin
+from repoze_who_memcached.backends import BackendSettings, ServerAddress
 from repoze_who_memcached.plugin import ENVIRON_KEY
 
 from . import harness, servers, stacks
@@ -73,6 +74,7 @@ class DictBackend:
 
     def __init__(self) -> None:
         self.items: dict[str, bytes] = {}
+        self.settings = BackendSettings(servers=(ServerAddress.parse("127.0.0.1:11211"),))
 
     def get_multi(self, keys: Iterable[str], *args: Any, **kwargs: Any) -> dict[str, bytes]:
         return {k: self.items[k] for k in keys if k in self.items}
