@@ -53,7 +53,7 @@ class Lookup:
     """One cached call in progress: what it asks, and where its keys live."""
 
     entry_key: str
-    route: str  # the key that picks the server (the user's generation key)
+    route: str  # what picks the server: the user's route (region.route_for), or the entry key
     generation_keys: list[str]
     generations: list[Any]  # the tokens as last read
     near_key: bytes | None = None  # where the near cache keeps the answer (None: it doesn't)
