@@ -23,6 +23,8 @@ from test_faults import (
 
 from benchmarks.relay import DATA_CENTRE_DELAY, DelayingRelay
 
+pytestmark = pytest.mark.slow  # real servers across a delaying relay, real time
+
 
 class Across:
     """A server as the stack sees it across a relay: its attributes, the relay's url."""
