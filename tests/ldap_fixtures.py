@@ -83,3 +83,13 @@ def ldap_options(server: SlapdServer, **extra: str) -> dict[str, str]:
 def ldap_config(slapd):
     """Options for the session slapd; a test may copy and extend them."""
     return ldap_options(slapd)
+
+
+def change_password(server: SlapdServer, dn: str, password: str) -> None:
+    """Set ``dn``'s password in ``server`` as its root DN (a password change in the directory)."""
+    import ldap3
+
+    admin = ldap3.Connection(ldap3.Server(server.url, get_info=ldap3.NONE), server.root_dn,
+                             server.root_password, auto_bind=True)
+    assert admin.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
+    admin.unbind()

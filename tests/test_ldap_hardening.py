@@ -15,7 +15,7 @@ from contextlib import suppress
 import ldap3
 import pytest
 from conftest import SECRET
-from ldap_fixtures import ldap_options
+from ldap_fixtures import change_password, ldap_options
 
 from repoze_who_memcached import make_plugin
 from repoze_who_memcached.cli import main as cli_main
@@ -191,11 +191,6 @@ def test_max_password_bytes_is_not_a_metadata_option(ldap_config):
         make_metadata_provider(**ldap_config, attributes="mail", max_password_bytes="10")
 
 
-def change_password(server: SlapdServer, dn: str, password: str) -> None:
-    admin = ldap3.Connection(ldap3.Server(server.url, get_info=ldap3.NONE), server.root_dn,
-                             server.root_password, auto_bind=True)
-    assert admin.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
-    admin.unbind()
 
 
 def test_burst_of_bad_input_never_opens_the_breaker_nor_serves_stale(

@@ -11,11 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import ldap3
 import pytest
 from backends_for_tests import CountingAuthenticator
 from conftest import SECRET
-from ldap_fixtures import ldap_options
+from ldap_fixtures import change_password, ldap_options
 from test_plugin import login, plugin_for
 
 from repoze_who_memcached import make_plugin
@@ -25,11 +24,6 @@ from repoze_who_memcached.plugin import ENVIRON_KEY
 ALICE_DN = "uid=alice,ou=people,dc=example,dc=org"
 
 
-def change_password(server, dn: str, password: str) -> None:
-    admin = ldap3.Connection(ldap3.Server(server.url, get_info=ldap3.NONE), server.root_dn,
-                             server.root_password, auto_bind=True)
-    assert admin.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
-    admin.unbind()
 
 
 def ldap_cache(slapd, memcached, **options):

@@ -11,11 +11,11 @@ import secrets
 import threading
 import time
 
-import ldap3
 import pytest
 from backends_for_tests import CountingAuthenticator
 from conftest import SECRET
-from ldap_fixtures import ldap_options
+from ldap_fixtures import change_password, ldap_options
+from test_lifecycle import ldap_cache, outcome
 from test_plugin import _entry_keys, login, plugin_for
 
 from repoze_who_memcached import ConfigError, make_plugin
@@ -33,23 +33,8 @@ ALICE_DN = "uid=alice,ou=people,dc=example,dc=org"
 ALICE_DOTTED = "al\u0130ce"
 
 
-def change_password(server, dn: str, password: str) -> None:
-    admin = ldap3.Connection(ldap3.Server(server.url, get_info=ldap3.NONE), server.root_dn,
-                             server.root_password, auto_bind=True)
-    assert admin.modify(dn, {"userPassword": [(ldap3.MODIFY_REPLACE, [password])]})
-    admin.unbind()
 
 
-def ldap_cache(slapd, memcached, **options):
-    ldap = make_authenticator(**ldap_options(slapd))
-    return make_plugin(authenticator=ldap, secret=SECRET, memcached_urls=memcached.url,
-                       name="cache", **options)
-
-
-def outcome(plugin, user: str, password: str) -> tuple[object, str]:
-    environ: dict = {}
-    userid = plugin.authenticate(environ, {"login": user, "password": password})
-    return userid, environ[ENVIRON_KEY]["cache"]["authenticate"]
 
 
 def test_slapd_takes_the_dotted_capital_i_spelling_for_alice(slapd):
