@@ -55,3 +55,15 @@ def private_memcached():
     """A memcached of this test's own, for tests that stop, pause or restart it."""
     with MemcachedServer() as server:
         yield server
+
+
+@pytest.fixture
+def three_memcached():
+    """Three memcached servers of this test's own (a cluster; tests may stop one)."""
+    servers = [MemcachedServer() for _ in range(3)]
+    for server in servers:
+        server.prepare()
+        server.start()
+    yield servers
+    for server in servers:
+        server.close()

@@ -56,15 +56,6 @@ def test_tls_needs_pymemcache(tls_memcached):
                     memcached_tls_ca_file=str(tls_memcached.ca_file))
 
 
-@pytest.fixture
-def three_memcached():
-    servers = [MemcachedServer() for _ in range(3)]
-    for server in servers:
-        server.prepare()
-        server.start()
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def _sealed_entries(server) -> int:

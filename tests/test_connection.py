@@ -369,15 +369,6 @@ def test_python_memcached_failover_order_is_the_librarys():
         assert list(_python_memcached_order(where, 5)) == expected
 
 
-@pytest.fixture
-def three_memcached():
-    servers = [MemcachedServer() for _ in range(3)]
-    for server in servers:
-        server.prepare()
-        server.start()
-    yield servers
-    for server in servers:
-        server.close()
 
 
 def _holder(servers: list[MemcachedServer], key: str) -> int:

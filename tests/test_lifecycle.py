@@ -304,19 +304,11 @@ use = repoze_who_memcached.basicauth:make_plugin
     assert conflicting_settings(quiet) == []
 
 
-@pytest.fixture
-def three_servers():
-    from repoze_who_memcached.testing import MemcachedServer
-
-    with MemcachedServer() as a, MemcachedServer() as b, MemcachedServer() as c:
-        yield [a, b, c]
-
-
-def test_rotation_across_servers_reads_both_secrets_in_one_round_trip(three_servers):
+def test_rotation_across_servers_reads_both_secrets_in_one_round_trip(three_memcached):
     """A user's keys are routed the same under every secret, so the old entry is on the server
     the new lookup asks, in the same get; no login reaches the backend."""
     old = "rotated-out-" + secrets.token_urlsafe(32)
-    urls = " ".join(s.url for s in three_servers)
+    urls = " ".join(s.url for s in three_memcached)
     users = {f"user{n}": f"pw-{n}" for n in range(30)}
     backend = CountingAuthenticator(users=users)
     before = make_plugin(secret=old, memcached_urls=urls, authenticator=backend)
