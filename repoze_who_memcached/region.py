@@ -106,6 +106,7 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         self._near_check_lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._routes: dict[str, str] = {}  # route_for's memo (rotation.py)
         self.lock_token = new_token()  # marks the memcached locks this region takes
         self.warn = RateLimitedLog(logger)
         self.epoch_checked: Callable[[], None] = lambda: None  # called at each epoch check

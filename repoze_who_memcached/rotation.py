@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .keys import Unencodable, encode_value, ldap_normal_form
+from .keys import USER_KEY_MEMO_SIZE, Unencodable, encode_value, ldap_normal_form
 from .records import EXPIRES as _EXPIRES
 from .records import POSITIVE as _POSITIVE
 from .records import USERID as _USERID
@@ -25,6 +25,8 @@ from .records import SecretKeys as _SecretKeys
 
 class SecretRotation:
     """The region's secret-rotation half (``CacheRegion`` mixes it in)."""
+
+    _routes: dict[str, str]  # route_for's memo, made by CacheRegion.__init__
 
     def route_for(self, user: tuple[str, Any] | None) -> str | None:
         """What picks the memcached server of a user's keys (None: no user).
@@ -40,13 +42,25 @@ class SecretRotation:
         kind, name = user
         if self.proxied:
             return self.user_key(kind, name)
+        # Asked on every request, from the login alone: remembered for exact str names (a
+        # login is no secret; the memo is emptied when full, as KeyMaker's user keys are).
+        memo_key = kind + "\0" + name if type(name) is str else None
+        if memo_key is not None:
+            route = self._routes.get(memo_key)
+            if route is not None:
+                return route
         out: list[bytes] = [b"route\0"]
         try:
             encode_value(kind, out)
             encode_value(ldap_normal_form(name) if isinstance(name, str) else name, out)
         except (Unencodable, RecursionError, ValueError):
             return None
-        return "route:" + hashlib.sha256(b"".join(out)).hexdigest()[:32]
+        route = "route:" + hashlib.sha256(b"".join(out)).hexdigest()[:32]
+        if memo_key is not None:
+            if len(self._routes) >= USER_KEY_MEMO_SIZE:
+                self._routes.clear()
+            self._routes[memo_key] = route
+        return route
 
     def _previous_keys(self, items: Sequence[tuple[str, Any]], head: bytes,
                        user: tuple[str, Any] | None, route: str
