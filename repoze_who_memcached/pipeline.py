@@ -9,9 +9,9 @@ Two routes to the same middleware:
 
 Unlike repoze.who's own loaders, a missing file, an unknown option or a bad value raises
 :class:`ConfigError` at load time (repoze.who's ``make_api_factory_with_config`` quietly
-builds a middleware that never authenticates anyone). And the middleware does at load time
-what stock repoze.who repeats on every request: verifying every plugin's interfaces
-(about 70% of its per-request overhead) and building the plugin registries.
+builds a middleware that never authenticates anyone). And the middleware
+(:mod:`repoze_who_memcached.middleware`) does at load time what stock repoze.who repeats on
+every request: verifying every plugin's interfaces and matching them to the request.
 """
 
 from __future__ import annotations
@@ -22,13 +22,12 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from repoze.who.api import API, APIFactory, make_registries
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.config import WhoConfig
 from repoze.who.interfaces import IAuthenticator, IChallenger, IIdentifier
-from repoze.who.middleware import PluggableAuthenticationMiddleware
 
 from .errors import ConfigError
+from .middleware import AuthMiddleware, PrebuiltAPIFactory
 from .options import Options, build_plugin, describe_config_parser_error, resolve_object
 from .plugin import CachingPlugin, make_plugin
 
@@ -43,72 +42,6 @@ BUILTIN_PLUGINS = {
 DEFAULT_REALM = "repoze_who_memcached"
 
 PluginList = list[tuple[str, Any]]
-
-
-# ------------------------------------------------------------------ load-time middleware
-
-
-class PrebuiltAPIFactory(APIFactory):
-    """An ``APIFactory`` whose plugin registries are built and verified once, at load time.
-
-    Stock ``API.__init__`` calls ``make_registries`` (``verifyObject`` on every plugin) for
-    each request; ours hands every request the registries made here.
-    """
-
-    def __init__(self, identifiers, authenticators, challengers, mdproviders,
-                 request_classifier, challenge_decider, remote_user_key="REMOTE_USER",
-                 logger=None) -> None:
-        super().__init__(identifiers, authenticators, challengers, mdproviders,
-                         request_classifier, challenge_decider, remote_user_key, logger)
-        try:
-            self.interface_registry, self.name_registry = make_registries(
-                identifiers, authenticators, challengers, mdproviders
-            )
-        except ValueError as exc:
-            raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
-
-    def __call__(self, environ: dict) -> API:
-        api = environ.get("repoze.who.api")
-        if api is None:
-            api = environ["repoze.who.api"] = _PrebuiltAPI(environ, self)
-        return api
-
-
-class _PrebuiltAPI(API):
-    def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
-        # Same attributes as repoze.who's API.__init__, minus the per-request verification.
-        self.environ = environ
-        self.interface_registry = factory.interface_registry
-        self.name_registry = dict(factory.name_registry)
-        self.identifiers = factory.identifiers
-        self.authenticators = factory.authenticators
-        self.challengers = factory.challengers
-        self.mdproviders = factory.mdproviders
-        self.challenge_decider = factory.challenge_decider
-        self.remote_user_key = factory.remote_user_key
-        self.logger = factory.logger
-        classifier = factory.request_classifier
-        self.classification = classifier(environ) if classifier else None
-        if self.logger:
-            self.logger.info(f"request classification: {self.classification}")
-
-
-class AuthMiddleware(PluggableAuthenticationMiddleware):
-    """repoze.who's middleware with registries prebuilt (see :class:`PrebuiltAPIFactory`)."""
-
-    def __init__(self, app, identifiers, authenticators, challengers, mdproviders,
-                 request_classifier=None, challenge_decider=None, log_stream=None,
-                 log_level=logging.INFO, remote_user_key="REMOTE_USER") -> None:
-        request_classifier = request_classifier or default_request_classifier
-        challenge_decider = challenge_decider or default_challenge_decider
-        super().__init__(app, identifiers, authenticators, challengers, mdproviders,
-                         request_classifier, challenge_decider, log_stream, log_level,
-                         remote_user_key)
-        self.api_factory = PrebuiltAPIFactory(
-            identifiers, authenticators, challengers, mdproviders, request_classifier,
-            challenge_decider, remote_user_key, self.logger,
-        )
-        self.cache_plugins = _unique_caches(p for _, p in [*authenticators, *mdproviders])
 
 
 # ------------------------------------------------------------------ who.ini route
@@ -179,6 +112,7 @@ def make_middleware_from_who_config(app: Any, config: WhoConfig,
         app, config.identifiers, config.authenticators, config.challengers, config.mdproviders,
         config.request_classifier, config.challenge_decider,
         remote_user_key=remote_user_key or config.remote_user_key,
+        cache_plugins=_unique_caches(p for _, p in [*config.authenticators, *config.mdproviders]),
     )
 
 
@@ -291,12 +225,15 @@ def build_middleware_factory(global_conf: Mapping[str, Any],
     if not challengers:
         raise opts.error("challengers", "needs at least one challenger")
 
+    caches = _unique_caches(p for _, p in [*authenticators, *mdproviders])
+
     def build(app: Any) -> AuthMiddleware:
         return AuthMiddleware(app, identifiers, authenticators, challengers, mdproviders,
                               request_classifier, challenge_decider,
-                              remote_user_key=remote_user_key or "REMOTE_USER")
+                              remote_user_key=remote_user_key or "REMOTE_USER",
+                              cache_plugins=caches)
 
-    return MiddlewareFactory(build, _unique_caches(p for _, p in [*authenticators, *mdproviders]))
+    return MiddlewareFactory(build, caches)
 
 
 def filter_section(global_conf: Mapping[str, Any], local_conf: Mapping[str, Any]) -> str:

@@ -1,0 +1,237 @@
+"""Our middleware's lean request path behaves as stock repoze.who's middleware.
+
+Each scenario runs through stock ``PluggableAuthenticationMiddleware`` and through our
+``AuthMiddleware`` (no logger: the lean path; with a logger: repoze.who's own code), and the
+responses and what the app saw must be the same. Pure logic: plugins are small fakes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any
+
+import pytest
+from repoze.who.classifiers import default_challenge_decider, default_request_classifier
+from repoze.who.interfaces import (
+    IAuthenticator,
+    IChallenger,
+    IIdentifier,
+    IMetadataProvider,
+)
+from repoze.who.middleware import NoChallengersFound, PluggableAuthenticationMiddleware
+from webob import Request
+from webob.exc import HTTPUnauthorized
+from zope.interface import implementer
+
+from repoze_who_memcached.middleware import AuthMiddleware
+
+
+@implementer(IIdentifier, IChallenger)
+class HeaderIdentifier:
+    """Identifies from ``X-Login-<name>``; remembers with a header; challenges with 401."""
+
+    def __init__(self, name: str, classifications: dict | None = None,
+                 replace_app: bool = False) -> None:
+        self.name = name
+        self.replace_app = replace_app
+        if classifications is not None:
+            self.classifications = classifications
+
+    def identify(self, environ: dict) -> dict | None:
+        login = environ.get(f"HTTP_X_LOGIN_{self.name.upper()}")
+        if login is None:
+            return None
+        if self.replace_app:
+            environ["repoze.who.application"] = HTTPUnauthorized()
+        return {"login": login, "from": self.name}
+
+    def remember(self, environ: dict, identity: dict) -> list:
+        return [("X-Remembered-By", self.name)]
+
+    def forget(self, environ: dict, identity: dict) -> list:
+        return [("X-Forgotten-By", self.name)]
+
+    def challenge(self, environ: dict, status: str, app_headers: list,
+                  forget_headers: list) -> Any:
+        return HTTPUnauthorized(headers=[("X-Challenged-By", self.name), *forget_headers])
+
+
+@implementer(IAuthenticator)
+class PrefixAuthenticator:
+    """Accepts logins starting with ``prefix``, as ``<name>:<login>``."""
+
+    def __init__(self, name: str, prefix: str, classifications: dict | None = None) -> None:
+        self.name = name
+        self.prefix = prefix
+        self.calls: list[str] = []
+        if classifications is not None:
+            self.classifications = classifications
+
+    def authenticate(self, environ: dict, identity: dict) -> str | None:
+        self.calls.append(identity["login"])
+        login = identity["login"]
+        return f"{self.name}:{login}" if login.startswith(self.prefix) else None
+
+
+@implementer(IMetadataProvider)
+class Groups:
+    def add_metadata(self, environ: dict, identity: dict) -> None:
+        identity["groups"] = ["g-" + identity["repoze.who.userid"]]
+
+
+def seen_app(environ: dict, start_response: Any) -> list[bytes]:
+    """Answers what it saw; 401 for ``/private`` without a user."""
+    identity = environ.get("repoze.who.identity") or {}
+    body = repr((environ.get("REMOTE_USER"), identity.get("from"), identity.get("groups"),
+                 sorted(k for k in environ if k.startswith("repoze.who.")))).encode()
+    if environ["PATH_INFO"] == "/private" and not environ.get("REMOTE_USER"):
+        start_response("401 Unauthorized", [("Content-Length", str(len(body)))])
+    else:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def writing_app(environ: dict, start_response: Any) -> list[bytes]:
+    """Writes part of its body through ``write`` (legacy WSGI)."""
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    write(b"written;")
+    return [b"returned"]
+
+
+def late_app(environ: dict, start_response: Any) -> Any:
+    """Starts its response only at its first iteration."""
+    start_response("401 Unauthorized" if environ["PATH_INFO"] == "/private" else "200 OK",
+                    [("Content-Type", "text/plain")])
+    yield b"late"
+
+
+def plugins(classified: bool = False, replace_app: bool = False) -> dict[str, list]:
+    one = HeaderIdentifier("one", replace_app=replace_app)
+    two = HeaderIdentifier("two", {IIdentifier: ["dav"]} if classified else None)
+    first = PrefixAuthenticator("first", "a")
+    second = PrefixAuthenticator("second", "",
+                                 {IAuthenticator: ["browser"]} if classified else None)
+    return {
+        "identifiers": [("one", one), ("two", two)],
+        "authenticators": [("first", first), ("second", second)],
+        "challengers": [("one", one), ("two", two)],
+        "mdproviders": [("groups", Groups())],
+    }
+
+
+def stock(app: Any, **kw: Any) -> Any:
+    return PluggableAuthenticationMiddleware(
+        app, **kw, request_classifier=default_request_classifier,
+        challenge_decider=default_challenge_decider)
+
+
+def ours(app: Any, **kw: Any) -> Any:
+    return AuthMiddleware(app, **kw)
+
+
+def ours_logged(app: Any, **kw: Any) -> Any:
+    return AuthMiddleware(app, **kw, log_stream=io.StringIO(), log_level=logging.DEBUG)
+
+
+SCENARIOS = {
+    "nobody": ("/", {}),
+    "nobody, private": ("/private", {}),
+    "first identifier, first authenticator": ("/", {"X-Login-One": "alice"}),
+    "second authenticator only": ("/", {"X-Login-One": "bob"}),
+    "two identities, the first ranks": ("/", {"X-Login-One": "bob", "X-Login-Two": "anne"}),
+    "dav request": ("/", {"X-Login-Two": "anne", "User-Agent": "WebDrive"}),
+    "private with a user": ("/private", {"X-Login-One": "alice"}),
+    "already authenticated upstream": ("/", {"X-Login-One": "alice", "REMOTE_USER": "up"}),
+}
+
+
+def _run(factory: Any, app: Any, path: str, headers: dict, **options: Any
+         ) -> tuple[str, list, bytes, dict]:
+    kw = plugins(**options)
+    request = Request.blank(path)
+    for name, value in headers.items():
+        if name == "REMOTE_USER":
+            request.environ["REMOTE_USER"] = value
+        else:
+            request.headers[name] = value
+    response = request.get_response(factory(app, **kw))
+    calls = {name: a.calls for name, a in kw["authenticators"]}
+    return response.status, sorted(response.headerlist), response.body, calls
+
+
+@pytest.mark.parametrize("classified", [False, True], ids=["any", "classified"])
+@pytest.mark.parametrize("app", [seen_app, late_app], ids=["app", "late-app"])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_lean_path_answers_as_stock_repoze_who(scenario, app, classified):
+    path, headers = SCENARIOS[scenario]
+    expected = _run(stock, app, path, headers, classified=classified)
+    assert _run(ours, app, path, headers, classified=classified) == expected
+    assert _run(ours_logged, app, path, headers, classified=classified) == expected
+
+
+def test_the_scenarios_cover_what_they_claim():
+    """The comparisons above are only worth something if the stock answers differ."""
+    answers = {name: _run(stock, seen_app, *SCENARIOS[name]) for name in SCENARIOS}
+    assert answers["nobody, private"][0].startswith("401")
+    assert ("X-Challenged-By", "one") in answers["nobody, private"][1]
+    assert b"'first:alice'" in answers["first identifier, first authenticator"][2]
+    assert b"'second:bob'" in answers["second authenticator only"][2]
+    assert b"('first:anne', 'two'" in answers["two identities, the first ranks"][2]
+    assert b"'up'" in answers["already authenticated upstream"][2]
+    classified = _run(stock, seen_app, *SCENARIOS["dav request"], classified=True)
+    assert classified != answers["dav request"]
+    with pytest.raises(TypeError):  # stock buffers write()'s bytes in an io.StringIO
+        _run(stock, writing_app, "/", {})
+
+
+def test_written_body_is_passed_on_as_bytes():
+    """What an app writes through ``write`` reaches the client (stock repoze.who buffers it
+    in an ``io.StringIO``, which refuses bytes)."""
+    status, _, body, _ = _run(ours, writing_app, "/", {"X-Login-One": "alice"})
+    assert status == "200 OK"
+    assert body == b"written;returned"
+
+
+def test_an_identifier_may_replace_the_app():
+    expected = _run(stock, seen_app, "/", {"X-Login-One": "zed"}, replace_app=True)
+    assert expected[0].startswith("401")
+    assert _run(ours, seen_app, "/", {"X-Login-One": "zed"}, replace_app=True) == expected
+
+
+def test_no_challenger_raises_as_stock():
+    request = Request.blank("/private")
+    with pytest.raises(NoChallengersFound):
+        request.get_response(AuthMiddleware(seen_app, [], [], [], []))
+
+
+def test_the_api_object_is_in_the_environ_and_reused():
+    kw = plugins()
+    middleware = AuthMiddleware(seen_app, **kw)
+    environ = Request.blank("/", headers={"X-Login-One": "alice"}).environ
+    api = middleware.api_factory(environ)
+    assert environ["repoze.who.api"] is api
+    assert middleware.api_factory(environ) is api
+    identity = api.authenticate()
+    # Both authenticators accept alice; the first ranks. As in stock repoze.who, each
+    # success stamps the shared identity, so its userid item is the last one's.
+    assert environ["REMOTE_USER"] == "first:alice"
+    assert identity["repoze.who.userid"] == "second:alice"
+    assert identity["identifier"] is kw["identifiers"][0][1]
+    assert identity["authenticator"] is kw["authenticators"][0][1]
+    assert api.remember() == [("X-Remembered-By", "one")]
+
+
+def test_unhashable_and_many_classifications_are_matched_each_time():
+    kw = plugins(classified=True)
+
+    def classify(environ: dict) -> Any:
+        kind = environ.get("HTTP_X_KIND", "browser")
+        return [kind] if kind == "list" else kind
+
+    middleware = AuthMiddleware(seen_app, **kw, request_classifier=classify)
+    for kind in ["list", *[f"k{i}" for i in range(100)], "browser"]:
+        request = Request.blank("/", headers={"X-Login-One": "bob", "X-Kind": kind})
+        response = request.get_response(middleware)
+        # "second" takes part in browser requests only: bob is nobody elsewhere.
+        assert (b"'second:bob'" in response.body) == (kind == "browser"), kind
