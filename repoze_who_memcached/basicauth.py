@@ -35,7 +35,13 @@ MAX_AUTHORIZATION_BYTES = 8192
 
 # C0 controls, DEL and C1 controls: no one types them in a login or password.
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")  # the same, for ASCII
 # What a realm may hold: printable ASCII (it goes into a quoted-string of a header).
+try:
+    binascii.a2b_base64(b"", strict_mode=True)
+    _STRICT_MODE = True
+except TypeError:  # Python 3.10
+    _STRICT_MODE = False
 _REALM_CHARACTERS = re.compile(r"[\x20-\x7e]*")
 _WHITESPACE = b" \t"
 
@@ -104,17 +110,31 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
     if not separator or scheme.lower() != b"basic":
         return None
     try:
-        credentials = base64.b64decode(token.strip(_WHITESPACE), validate=True)
+        credentials = _strict_b64decode(token.strip(_WHITESPACE))
     except (binascii.Error, ValueError):
         return None
     login_bytes, colon, password_bytes = credentials.partition(b":")
     if not colon or not login_bytes:
         return None
+    if credentials.isascii():  # the usual case: one check, and ASCII is valid UTF-8
+        if _CONTROL_BYTES.search(credentials):
+            return None
+        return {"login": login_bytes.decode("ascii"), "password": password_bytes.decode("ascii")}
     login = _decode(login_bytes)
     password = _decode(password_bytes)
     if _CONTROL_CHARACTERS.search(login) or _CONTROL_CHARACTERS.search(password):
         return None
     return {"login": login, "password": password}
+
+
+if _STRICT_MODE:
+    def _strict_b64decode(token: bytes) -> bytes:
+        """Base64 with no character outside the alphabet, padding only at the end."""
+        return binascii.a2b_base64(token, strict_mode=True)
+else:  # Python 3.10: the same check by a regular expression
+    def _strict_b64decode(token: bytes) -> bytes:
+        """Base64 with no character outside the alphabet, padding only at the end."""
+        return base64.b64decode(token, validate=True)
 
 
 def _decode(value: bytes) -> str:

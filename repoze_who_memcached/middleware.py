@@ -33,6 +33,8 @@ from repoze.who.middleware import (
 
 from .errors import ConfigError
 
+_MAX_USER_AGENTS = 1024
+"""Classifications remembered by (method, User-Agent, Content-Type) (see below)."""
 _MAX_CLASSIFICATIONS = 64
 """Plugin lists kept for this many classifications (a custom classifier could make up
 any number of them; past this, each request matches its plugins itself)."""
@@ -65,6 +67,9 @@ class PrebuiltAPIFactory(APIFactory):
         except ValueError as exc:
             raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
         self._plugins_by_classification: dict[Any, PluginsFor] = {}
+        self.classify: Callable[[dict], Any] = (
+            _remembering_default_classifier() if request_classifier is default_request_classifier
+            else request_classifier or _no_classification)
 
     def __call__(self, environ: dict) -> API:
         api = environ.get("repoze.who.api")
@@ -92,6 +97,39 @@ class PrebuiltAPIFactory(APIFactory):
         return plugins
 
 
+def _no_classification(environ: dict) -> None:
+    return None
+
+
+def _remembering_default_classifier() -> Callable[[dict], str]:
+    """repoze.who's ``default_request_classifier``, its answers remembered by what it reads.
+
+    It is a function of the method, the User-Agent (matched against nine WebDAV agents) and,
+    for a POST, the Content-Type; browsers send the same few User-Agents again and again.
+    The memo is bounded (User-Agent is the client's to choose): past it, each request is
+    classified afresh.
+    """
+    memo: dict[tuple[Any, Any, Any], str] = {}
+
+    def classify(environ: dict) -> str:
+        method = environ.get("REQUEST_METHOD")
+        what = (method, environ.get("HTTP_USER_AGENT"),
+                environ.get("CONTENT_TYPE") if method == "POST" else None)
+        try:
+            return memo[what]
+        except (KeyError, TypeError):  # TypeError: a value that is not hashable
+            pass
+        classification = default_request_classifier(environ)
+        if len(memo) < _MAX_USER_AGENTS:
+            try:
+                memo[what] = classification
+            except TypeError:
+                pass
+        return classification
+
+    return classify
+
+
 class PrebuiltAPI(API):
     """repoze.who's API object over a :class:`PrebuiltAPIFactory`'s registries.
 
@@ -100,22 +138,24 @@ class PrebuiltAPI(API):
     """
 
     def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
-        # Same attributes as repoze.who's API.__init__, minus the per-request verification.
+        # repoze.who's API.__init__ minus the per-request verification; the attributes that
+        # only repeat the factory's are read from it (properties below) when a method needs
+        # them, instead of being copied for every request.
         self.environ = environ
-        self.interface_registry = factory.interface_registry
-        self.name_registry = dict(factory.name_registry)
-        self.identifiers = factory.identifiers
-        self.authenticators = factory.authenticators
-        self.challengers = factory.challengers
-        self.mdproviders = factory.mdproviders
-        self.challenge_decider = factory.challenge_decider
-        self.remote_user_key = factory.remote_user_key
-        self.logger = factory.logger
         self.factory = factory
-        classifier = factory.request_classifier
-        self.classification = classifier(environ) if classifier else None
+        self.name_registry = dict(factory.name_registry)  # the app may change its copy
+        self.logger = factory.logger
+        self.classification = factory.classify(environ)
         if self.logger:
             self.logger.info(f"request classification: {self.classification}")
+
+    interface_registry = property(lambda self: self.factory.interface_registry)
+    identifiers = property(lambda self: self.factory.identifiers)
+    authenticators = property(lambda self: self.factory.authenticators)
+    challengers = property(lambda self: self.factory.challengers)
+    mdproviders = property(lambda self: self.factory.mdproviders)
+    challenge_decider = property(lambda self: self.factory.challenge_decider)
+    remote_user_key = property(lambda self: self.factory.remote_user_key)
 
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried

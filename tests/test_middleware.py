@@ -235,3 +235,22 @@ def test_unhashable_and_many_classifications_are_matched_each_time():
         response = request.get_response(middleware)
         # "second" takes part in browser requests only: bob is nobody elsewhere.
         assert (b"'second:bob'" in response.body) == (kind == "browser"), kind
+
+
+def test_remembered_default_classification_is_repoze_whos():
+    middleware = AuthMiddleware(seen_app, [], [], [], [])
+    classify = middleware.api_factory.classify
+    environs = [
+        {"REQUEST_METHOD": method, **({"HTTP_USER_AGENT": agent} if agent else {}),
+         **({"CONTENT_TYPE": ctype} if ctype is not None else {})}
+        for method in ("GET", "POST", "PROPFIND", "get")
+        for agent in (None, "", "Mozilla/5.0", "Microsoft-WebDAV-MiniRedir/10.0", "x neon y")
+        for ctype in (None, "", "text/xml; charset=utf-8", "TEXT/XML", "application/json")
+    ]
+    environs += [{"REQUEST_METHOD": "GET", "HTTP_USER_AGENT": f"agent {i}"} for i in range(1500)]
+    for _ in range(2):  # the second time, from the memo (as far as it goes)
+        for environ in environs:
+            assert classify(environ) == default_request_classifier(environ), environ
+    assert {classify(e) for e in environs} == {"browser", "dav", "xmlpost"}
+    with pytest.raises(KeyError):  # as repoze.who's: a WSGI environ has REQUEST_METHOD
+        classify({})
