@@ -117,14 +117,13 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
                 environ.get("CONTENT_TYPE") if method == "POST" else None)
         try:
             return memo[what]
-        except (KeyError, TypeError):  # TypeError: a value that is not hashable
+        except KeyError:
             pass
+        except TypeError:  # a value that is not hashable: not for the memo
+            return default_request_classifier(environ)
         classification = default_request_classifier(environ)
         if len(memo) < _MAX_USER_AGENTS:
-            try:
-                memo[what] = classification
-            except TypeError:
-                pass
+            memo[what] = classification
         return classification
 
     return classify

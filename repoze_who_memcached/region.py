@@ -14,6 +14,7 @@ their caller. Everything that can be done once is done in ``__init__``.
 
 from __future__ import annotations
 
+import copy
 import hmac
 import logging
 import random
@@ -28,7 +29,7 @@ from .counters import Counters, RateLimitedLog
 from .credentials import LatestCredentialWins
 from .generations import is_token, new_token
 from .keys import KeyMaker, Unencodable
-from .nearcache import Answer, NearCache, copy_if_mutable
+from .nearcache import Answer, NearCache, copy_if_mutable, is_mutable
 from .records import EXPIRES as _EXPIRES
 from .records import GENERATIONS as _GENERATIONS
 from .records import POSITIVE as _POSITIVE
@@ -48,6 +49,11 @@ logger = logging.getLogger("repoze_who_memcached")
 _EXPIRY_MARGIN = 2  # seconds (see store_expiry)
 _COALESCE_WAIT = 60.0  # a waiter never waits longer than this for another thread's call
 _LOCK_POLL = 0.02
+
+def _copy(values: dict[str, Any]) -> dict[str, Any]:
+    """A record's values for the caller to keep and change (records are shared)."""
+    return copy.deepcopy(values) if is_mutable(values) else dict(values)
+
 
 class _Flight:
     __slots__ = ("done", "outcome")
@@ -182,7 +188,9 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
                          record[_EXPIRES], near_flushes)
             if positive and record[_EXPIRES] - now < self.refresh_window:
                 self._refresh_soon(lookup, create, args)
-            return ("hit" if positive else "negative_hit"), record.get(_USERID), record[_VALUES]
+            # The record is the sealer's, shared with other hits: the caller gets a copy.
+            return ("hit" if positive else "negative_hit"), record.get(_USERID), _copy(
+                record[_VALUES])
 
         self.counters.incr("misses")
         outcome = self._coalesced_call(lookup, create, args)
@@ -195,7 +203,7 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
                     "stale", "cache %s: backend failed, serving an entry expired %.0fs ago "
                     "(stale_ttl=%ds)", self.name, now - record[_EXPIRES], self.stale_ttl,
                 )
-                return "stale", record.get(_USERID), record[_VALUES]
+                return "stale", record.get(_USERID), _copy(record[_VALUES])
             return "error", None, None
         # Requests coalesced on this miss share one outcome: each gets its own copy of
         # anything it could change.

@@ -234,6 +234,38 @@ def test_moved_value_does_not_open(memcached):
     assert plugin.counters.snapshot()["bad_values"] >= 1  # each read of it counts
 
 
+def test_a_value_opened_before_does_not_open_under_another_key(memcached):
+    """Sealed values are remembered once opened (no decryption on the next hit), by their
+    bytes and the key they opened under: moved to another key, they still do not open."""
+    backend = CountingAuthenticator()
+    plugin = plugin_for(memcached, backend, negative_ttl="60")
+    login(plugin, "bob", "builder")
+    assert login(plugin, "bob", "builder")[2][ENVIRON_KEY]["cache"]["authenticate"] == "hit"
+    (bob_key,) = _entry_keys(memcached)
+    login(plugin, "alice", "wrong")
+    (alice_key,) = [k for k in _entry_keys(memcached) if k != bob_key]
+    memcached.set_raw(alice_key, memcached.get_raw(bob_key))
+    assert login(plugin, "alice", "wrong")[0] is None
+    assert plugin.counters.snapshot()["bad_values"] >= 1
+
+
+def test_hits_get_values_of_their_own(memcached):
+    """A hit's values are the caller's to change: the next hit of the same entry (the same
+    sealed bytes, opened once) is not affected."""
+    md = CountingMetadata()
+    plugin = plugin_for(memcached, CountingAuthenticator(), mdprovider=md, mdprovider_name="md")
+    first = {"repoze.who.userid": "user:alice"}
+    plugin.add_metadata({}, first)
+    for _ in range(2):
+        identity = {"repoze.who.userid": "user:alice"}
+        environ: dict = {}
+        plugin.add_metadata(environ, identity)
+        assert environ[ENVIRON_KEY]["cache"]["add_metadata"] == "hit"
+        assert identity["groups"] == ["staff", "group-of-user:alice"]
+        identity["groups"].append("admin")  # what an app might do to its identity
+    assert md.calls == 1
+
+
 def test_another_secret_cannot_read_entries(memcached):
     backend = CountingAuthenticator()
     login(plugin_for(memcached, backend))
