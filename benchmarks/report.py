@@ -249,8 +249,10 @@ def _opt_us(value: float | None) -> str:
 def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
           intro: str = "", targets_note: str = "") -> list[str]:
     lines = [title, "",
-             f"Server stack (waitress, memcached, slapd) on CPU {h['server_cpu']}, client "
-             f"threads on CPU(s) {h['client_cpus']}. {intro}User binds: binds as the user's "
+             f"The app server (waitress) on CPU {h['server_cpu']}, alone; memcached, slapd "
+             f"and the client threads on CPU(s) {h.get('services_cpus', h['client_cpus'])} "
+             "(at a site, memcached and the directory are other hosts: their CPU is not the "
+             f"app server's). {intro}User binds: binds as the user's "
              "DN (service binds of the search pool apart). `noauth` is the same app served "
              "with no authentication at all: the baseline that says what the auth layer "
              "costs. App CPU: the server process's user + sys time (its own `getrusage`) per "

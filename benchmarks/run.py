@@ -41,25 +41,25 @@ QUICK = Mode(
     name="quick",
     users=1000,
     latency=latency.Settings(rounds=5, batch_seconds=0.02, profile_calls=500),
-    http=throughput.Settings(rounds=2, seconds=1.0, client_threads=4, server_threads=4,
+    http=throughput.Settings(rounds=2, seconds=1.0, client_threads=8, server_threads=4,
                              users=1000, zipf_s=1.1, hot_users=50, hot_seconds=0.7),
     load=load.Settings(threads=50, processes=2, trials=1, lock_timeout=2),
     scale=scale.Settings(fills=(1, 10_000), sample=200, rounds=5, batch_seconds=0.02),
     link=link.Settings(rounds=5, batch_seconds=0.02, http=throughput.Settings(
-        rounds=2, seconds=1.0, client_threads=4, server_threads=4, users=1000, zipf_s=1.1,
+        rounds=2, seconds=1.0, client_threads=8, server_threads=4, users=1000, zipf_s=1.1,
         hot_users=50, hot_seconds=0.7)),
 )
 FULL = Mode(
     name="full",
     users=10_000,
     latency=latency.Settings(rounds=15, batch_seconds=0.05, profile_calls=5000),
-    http=throughput.Settings(rounds=3, seconds=4.0, client_threads=8, server_threads=8,
+    http=throughput.Settings(rounds=3, seconds=4.0, client_threads=16, server_threads=8,
                              users=10_000, zipf_s=1.1, hot_users=100, hot_seconds=3.0),
     load=load.Settings(threads=50, processes=3, trials=3, lock_timeout=5),
     scale=scale.Settings(fills=(1, 10_000, 1_000_000), sample=1000, rounds=15,
                          batch_seconds=0.04),
     link=link.Settings(rounds=11, batch_seconds=0.05, http=throughput.Settings(
-        rounds=3, seconds=3.0, client_threads=8, server_threads=8, users=10_000, zipf_s=1.1,
+        rounds=3, seconds=3.0, client_threads=16, server_threads=8, users=10_000, zipf_s=1.1,
         hot_users=100, hot_seconds=2.0)),
 )
 
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     others = [c for c in all_cpus if c != cpu] or [cpu]
     environment["pinning"] = (
         f"the benchmark process and every server (memcached, slapd, waitress) on CPU {cpu} "
-        f"(`taskset -c {cpu}`); the HTTP load generator's threads and the delaying relay "
-        f"of latency-link on CPU {others}; the "
+        f"(`taskset -c {cpu}`), but in the HTTP sections (http, latency-link), where "
+        f"waitress has CPU {cpu} alone and memcached and slapd move to CPU {others} beside "
+        f"the HTTP load generator's threads and the delaying relay; the "
         f"load-test workers on CPUs {all_cpus}; machine CPUs {all_cpus}")
     results: dict[str, Any] = {
         "mode": mode.name,

@@ -9,6 +9,7 @@ share one core and figures are stable.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
@@ -38,6 +39,43 @@ def available_cpus() -> list[int]:
 def pin_to(cpus: set[int] | list[int]) -> None:
     """Pin the calling thread (and the threads it starts later) to ``cpus``."""
     os.sched_setaffinity(0, set(cpus))
+
+
+def repin(pid: int | None, cpus: set[int]) -> bool:
+    """Move every thread of process ``pid`` (one of ours) to ``cpus``; False if it is gone.
+
+    ``sched_setaffinity`` of a pid moves that one thread only: memcached and slapd run
+    several, so each of ``/proc/PID/task`` is moved."""
+    if pid is None:
+        return False
+    try:
+        tasks = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return False
+    for task in tasks:
+        with contextlib.suppress(OSError):  # the thread ended meanwhile
+            os.sched_setaffinity(task, cpus)
+    return True
+
+
+class PinnedElsewhere:
+    """``with PinnedElsewhere(pids, cpus):`` runs the block with those processes' threads on
+    ``cpus``, and puts them back on their own CPUs after it."""
+
+    def __init__(self, pids: list[int | None], cpus: set[int]) -> None:
+        self.pids = [p for p in pids if p is not None]
+        self.cpus = cpus
+        self.before: dict[int, set[int]] = {}
+
+    def __enter__(self) -> PinnedElsewhere:
+        for pid in self.pids:
+            self.before[pid] = os.sched_getaffinity(pid)
+            repin(pid, self.cpus)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for pid, cpus in self.before.items():
+            repin(pid, cpus)
 
 
 def _pinned(command: list[str], cpus: str | None) -> list[str]:

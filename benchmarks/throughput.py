@@ -1,21 +1,26 @@
 """Throughput over HTTP: waitress in a subprocess, keep-alive clients on the other core(s).
 
-The server process (``python -m benchmarks.throughput --serve CONFIG``) serves, by path,
-the same tiny app with no authentication at all (``/noauth``: the baseline, what the
-auth layer is measured against) and behind our filter: ``/uncached`` (our LDAP
-authenticator, no cache), ``/python-memcached``, ``/pymemcache`` and ``/pymemcache+local``
-(cached, the last with the near cache on, ``local_ttl = 60``; each its own
-``key_prefix``, so each starts cold); with python-ldap available, also
-``/uncached[python-ldap]`` and ``/pymemcache+local[python-ldap]``. ``/_stats`` returns the
-process's own CPU time (``getrusage``: user + sys) and the LDAP authenticators' and caches'
-counters.
+The server process (``python -m benchmarks.throughput --serve CONFIG``) serves, by path, the
+same tiny app with no authentication at all (``/noauth``: the baseline, what the auth layer
+is measured against), behind our filter with an authenticator that accepts everyone and no
+cache (``/floor``: what repoze.who and Basic parsing cost alone), and behind our filter:
+``/uncached`` (our LDAP authenticator, no cache), ``/python-memcached``, ``/pymemcache`` and
+``/pymemcache+local`` (cached, the last with the near cache on, ``local_ttl = 60``; each its
+own ``key_prefix``, so each starts cold); with python-ldap available, also
+``/uncached[python-ldap]``, ``/pymemcache[python-ldap]`` and
+``/pymemcache+local[python-ldap]``. ``/_stats`` returns the process's own CPU time
+(``getrusage``: user + sys) and the LDAP authenticators' and caches' counters.
 
-The server stack (waitress, memcached, slapd) shares one core, like the other sections;
-the load generator runs on the other core(s), so it does not take CPU from the server. The
-client sends prepared request bytes over raw keep-alive sockets (no http.client): a
-client in Python costs CPU per request too, and with http.client it, not the server,
-limited the no-auth baseline. Each phase reports how busy the server process was (CPU
-seconds over wall seconds): near 100% means the server, not the client, set the pace.
+The app server (waitress, in its own process) has one core to itself; memcached and slapd
+are moved to the other core(s) for this section, beside the load generator: at a site they
+are other hosts, and their CPU is not the app server's (in the other sections every server
+shares one core). The load keeps the server saturated (more client connections than server
+threads: the server, not the client's think time, sets the pace), so requests per second
+measure the app server's capacity. The client sends prepared request bytes over raw
+keep-alive sockets (no http.client): a client in Python costs CPU per request too, and with
+http.client it, not the server, limited the no-auth baseline. Each phase reports how busy
+the server process was (CPU seconds over wall seconds): near 100% means the server, not the
+client, set the pace.
 
 Two workloads. *zipf*: users drawn from a Zipf distribution over the generated LDAP users;
 rounds interleave the stacks; round 1 of a cached stack starts from an empty cache
@@ -57,8 +62,11 @@ from repoze_who_memcached.testing import free_port, wait_for_port
 from . import harness, servers, stacks
 
 BASELINE = "noauth"
-BASE_TARGETS = (BASELINE, "uncached", "python-memcached", "pymemcache", "pymemcache+local")
-PYTHON_LDAP_TARGETS = ("uncached[python-ldap]", "pymemcache+local[python-ldap]")
+FLOOR = "floor"  # our filter with basic auth and an accept-all authenticator: no cache, no LDAP
+BASE_TARGETS = (BASELINE, FLOOR, "uncached", "python-memcached", "pymemcache",
+                "pymemcache+local")
+PYTHON_LDAP_TARGETS = ("uncached[python-ldap]", "pymemcache[python-ldap]",
+                       "pymemcache+local[python-ldap]")
 LOCAL_TTL = "60"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -77,13 +85,15 @@ TARGETS = (
      "Zipf users, cached (pymemcache) / uncached LDAP, warm rounds"),
     ("zipf", "python-memcached", "uncached", 4.0,
      "Zipf users, cached (python-memcached) / uncached LDAP, warm rounds"),
+    ("zipf", "pymemcache[python-ldap]", "uncached", 4.0,
+     "Zipf users, cached (pymemcache, python-ldap) / uncached LDAP (ldap3), warm rounds"),
     ("zipf", "pymemcache+local[python-ldap]", "uncached", 4.0,
      "Zipf users, cached (near cache, python-ldap) / uncached LDAP (ldap3), warm rounds"),
 )
 
 
 def is_cached(target: str) -> bool:
-    return target not in (BASELINE, "uncached") and not target.startswith("uncached[")
+    return target not in (BASELINE, FLOOR, "uncached") and not target.startswith("uncached[")
 
 
 @dataclass
@@ -119,6 +129,8 @@ def build_stacks(config: dict[str, Any]) -> dict[str, Callable]:
         library = library.rstrip("]") or None
         if target == BASELINE:
             built[target] = app
+        elif target == FLOOR:
+            built[target] = stacks.our_floor(app)
         elif base == "uncached":
             built[target] = stacks.our_ldap_uncached(app, slapd, pool_size=pool,
                                                      ldap_library=library)
@@ -143,7 +155,7 @@ def build_server_app(config: dict[str, Any]) -> Callable:
         result: dict[str, Any] = {"cpu_seconds": usage.ru_utime + usage.ru_stime,
                                   "stacks": {}}
         for name, mw in stacks_by_name.items():
-            if name == BASELINE:
+            if name in (BASELINE, FLOOR):
                 result["stacks"][name] = {"ldap": None, "cache": None}
                 continue
             caches = getattr(mw, "cache_plugins", [])
@@ -492,6 +504,7 @@ def cpu_table(workloads: dict[str, Any]) -> dict[str, Any]:
         return {}
     rows = {}
     for label, target in (("no authentication", BASELINE),
+                          ("our filter, no cache (accept-all authenticator)", FLOOR),
                           ("near-cache hit", "pymemcache+local"),
                           ("memcached hit (pymemcache)", "pymemcache"),
                           ("memcached hit (python-memcached)", "python-memcached"),
@@ -534,7 +547,9 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None], *,
     backends = {"memcached": getattr(lab.memcached.process, "pid", None),
                 "slapd": getattr(lab.slapd.process, "pid", None)}
     workloads = {}
-    with ServerProcess(config, lab.cpu):
+    services = [backends["memcached"], backends["slapd"]]
+    with servers.PinnedElsewhere(services, client_cpus or {lab.cpu}), \
+            ServerProcess(config, lab.cpu):
         # Warm the stacks' LDAP pools and connections with a user outside the Zipf draw.
         for target in targets:
             _get(port, target, stacks.basic_header("bob", "builder"))
@@ -562,6 +577,7 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None], *,
         "user_binds_counted": counted,
         "user_binds_in_slapd_log": slapd_binds,
         "client_cpus": sorted(client_cpus) or [lab.cpu],
+        "services_cpus": sorted(client_cpus) or [lab.cpu],
         "server_cpu": lab.cpu,
         "memcached_url": config["memcached_url"],
         "slapd_url": config["slapd_url"],
