@@ -82,9 +82,7 @@ def test_hit_and_miss(memcached):
 
 def test_restarted_memcached_is_used_again_without_a_mark(private_memcached):
     reports = Reports()
-    closed_by_server: list[int] = []
     connection = connect_to(private_memcached, reports)
-    connection.on_closed_by_server = lambda: closed_by_server.append(1)
     private_memcached.set_raw("k", b"v")
     assert connection.get_multi(["k"]) == {"k": b"v"}
     old = connection.thread_socket()
@@ -93,7 +91,7 @@ def test_restarted_memcached_is_used_again_without_a_mark(private_memcached):
     assert connection.get_multi(["k"]) == {"k": b"after"}
     assert connection.thread_socket() is not old
     assert reports.messages == [] and connection.alive
-    assert closed_by_server == [1]
+    assert connection.incidents == 1  # other sockets to it, as old, are suspect
     connection.close()
 
 
@@ -105,7 +103,7 @@ def test_stopped_server_is_a_reported_miss_then_skipped_until_dead_retry(private
     private_memcached.stop()
     # The reused socket is found closed, the reconnect is refused: the server's fault.
     assert connection.get_multi(["k"]) == {}
-    assert not connection.alive
+    assert not connection.alive and connection.incidents == 2  # found closed, then refused
     assert len(reports.messages) == 1
     server, message = reports.messages[0]
     assert server == private_memcached.url and "ConnectionRefusedError" in message
