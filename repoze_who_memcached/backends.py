@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import os
 import ssl
 import threading
 import time
@@ -576,6 +577,7 @@ class PymemcacheBackend(CacheBackend):
         self._names = [str(s) for s in settings.servers]
         self._ring = ConsistentHashRing(len(self._names))
         self._lock = threading.Lock()
+        _EVERY_PYMEMCACHE_BACKEND.add(self)
 
     @property
     def _clients(self) -> list[Any]:
@@ -689,6 +691,23 @@ class PymemcacheBackend(CacheBackend):
                 client.close()
         for connection in self._connections:
             connection.close()
+
+
+_EVERY_PYMEMCACHE_BACKEND: weakref.WeakSet[PymemcacheBackend] = weakref.WeakSet()
+
+
+def _forget_pymemcache_clients_after_fork() -> None:
+    """A forked child must not talk on its parent's pymemcache sockets (the forking
+    thread's clients): it makes clients of its own. The parent's sockets stay open; the
+    child's copies are dropped, not closed by a call of ours."""
+    for backend in list(_EVERY_PYMEMCACHE_BACKEND):
+        backend._local = threading.local()
+        backend._every_client = weakref.WeakSet()
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pymemcache_clients_after_fork)
 
 
 def _text(value: Any) -> str:

@@ -333,11 +333,14 @@ _EVERY_CONNECTION: weakref.WeakSet[MemcachedConnection] = weakref.WeakSet()
 
 def _forget_sockets_after_fork() -> None:
     """A forked child must not talk on its parent's sockets (two processes reading one
-    stream get each other's replies): it connects again. The parent's sockets stay open."""
+    stream get each other's replies): it connects again. The parent's sockets stay open.
+    The incident tells the python-memcached backend that the library's sockets of this
+    thread are the parent's too (pymemcache's clients are forgotten in backends.py)."""
     for connection in list(_EVERY_CONNECTION):
         connection._local = threading.local()
         connection._sockets = weakref.WeakSet()
         connection._lock = threading.Lock()
+        connection.incidents += 1
 
 
 if hasattr(os, "register_at_fork"):
