@@ -38,6 +38,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import hashlib
+import os
 import ssl
 import threading
 import time
@@ -233,7 +234,10 @@ class PythonMemcachedBackend(CacheBackend):
     server's index, so ``index % len(servers)`` is that server whatever the library's own
     (per-thread) marks say. When the library finds a server dead (its ``debuglog`` says
     "Marking dead"), the server is marked dead in our connection too, so the next ``get``
-    goes where the stores go.
+    goes where the stores go. After any incident of a server (a dead mark, or a socket of
+    ours it closed), each thread drops its library sockets before its next call
+    (:meth:`_client_for`): the library would otherwise find each old socket closed, one
+    thread after another, and mark the server dead each time.
     """
 
     def __init__(self, settings: BackendSettings, report_error: ErrorReporter) -> None:
@@ -243,19 +247,34 @@ class PythonMemcachedBackend(CacheBackend):
                 "option 'memcached_tls_ca_file': python-memcached has no TLS; "
                 "set memcached_client = pymemcache"
             )
-        # python-memcached does not reconnect on a socket the server closed (a restart): it
-        # marks the server dead. When our get finds its own socket closed, this thread's
-        # library sockets, as old, are dropped too (public ``disconnect_all``), so the
-        # stores that follow the miss reconnect instead.
-        self._connections = _connections(settings, report_error, tls_context=None,
-                                         on_closed_by_server=self._drop_library_sockets)
+        self._connections = _connections(settings, report_error, tls_context=None)
         self._count = len(self._connections)
         self._client = _make_python_memcached_client(
             settings, report_error, on_dead=lambda index: self._connections[index].mark_dead())
+        self._seen = threading.local()  # per thread: the servers' incidents at its last call
 
-    def _drop_library_sockets(self) -> None:
-        with contextlib.suppress(Exception):
-            self._client.disconnect_all()
+    def _client_for(self, index: int) -> Any:
+        """This thread's python-memcached client, its sockets dropped first (public
+        ``disconnect_all``) if server ``index`` has had an incident since this thread's
+        last call.
+
+        python-memcached does not reconnect on a socket the server closed (a restart, a cut
+        link): it marks the server dead, and its own retry-once finds that mark. Its sockets
+        are per thread, so every thread that held one from before would mark the server
+        dead in turn, each for dead_retry, as its first store after the restart came along
+        (a thread whose gets were skipped by a dead mark never touched its sockets). One
+        incident, seen by any thread, makes every thread reconnect instead (each thread's
+        own get finds its old socket closed too, an incident each: a restart costs a few
+        needless reconnects, once)."""
+        incidents = self._connections[index].incidents
+        seen = getattr(self._seen, "incidents", None)
+        if seen is None:  # this thread's first call: its client has no socket yet
+            self._seen.incidents = [c.incidents for c in self._connections]
+        elif seen[index] != incidents:
+            self._seen.incidents = [c.incidents for c in self._connections]
+            with contextlib.suppress(Exception):
+                self._client.disconnect_all()  # every server's: one call, rare
+        return self._client
 
     def _server_for(self, route: str) -> tuple[int, int] | None:
         """``(index, serverhash)``: the live server for ``route`` and the hash that makes
@@ -276,7 +295,7 @@ class PythonMemcachedBackend(CacheBackend):
         if chosen is None:
             return default  # every candidate is marked dead: the failure was reported then
         try:
-            return call(self._client, chosen[1])
+            return call(self._client_for(chosen[0]), chosen[1])
         except Exception as exc:
             # A surprise mid-read may leave a socket out of step: drop them all. (A value read
             # out of step would fail to open anyway: it is sealed to its own key.)
@@ -395,16 +414,13 @@ def _probe_proxy(connection: MemcachedConnection) -> ServerReport:
 
 
 def _connections(settings: BackendSettings, report_error: ErrorReporter,
-                 tls_context: ssl.SSLContext | None,
-                 on_closed_by_server: Callable[[], None] | None = None
-                 ) -> list[MemcachedConnection]:
+                 tls_context: ssl.SSLContext | None) -> list[MemcachedConnection]:
     """The hit path's connections, one per server, in the order of ``settings.servers``."""
     return [
         MemcachedConnection(server, connect_timeout=settings.connect_timeout,
                             socket_timeout=settings.socket_timeout,
                             dead_retry=settings.dead_retry, report_error=report_error,
-                            tls_context=tls_context, on_closed_by_server=on_closed_by_server,
-                            proxied=bool(settings.proxy))
+                            tls_context=tls_context, proxied=bool(settings.proxy))
         for server in settings.servers
     ]
 
@@ -561,6 +577,7 @@ class PymemcacheBackend(CacheBackend):
         self._names = [str(s) for s in settings.servers]
         self._ring = ConsistentHashRing(len(self._names))
         self._lock = threading.Lock()
+        _EVERY_PYMEMCACHE_BACKEND.add(self)
 
     @property
     def _clients(self) -> list[Any]:
@@ -674,6 +691,23 @@ class PymemcacheBackend(CacheBackend):
                 client.close()
         for connection in self._connections:
             connection.close()
+
+
+_EVERY_PYMEMCACHE_BACKEND: weakref.WeakSet[PymemcacheBackend] = weakref.WeakSet()
+
+
+def _forget_pymemcache_clients_after_fork() -> None:
+    """A forked child must not talk on its parent's pymemcache sockets (the forking
+    thread's clients): it makes clients of its own. The parent's sockets stay open; the
+    child's copies are dropped, not closed by a call of ours."""
+    for backend in list(_EVERY_PYMEMCACHE_BACKEND):
+        backend._local = threading.local()
+        backend._every_client = weakref.WeakSet()
+        backend._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pymemcache_clients_after_fork)
 
 
 def _text(value: Any) -> str:

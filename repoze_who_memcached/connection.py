@@ -145,10 +145,11 @@ class MemcachedConnection:
     servers when ``tls_context`` is given (as pymemcache does: never on a unix socket), with
     the server's host name checked by the context's own rules.
 
-    ``on_closed_by_server()`` is called (in the calling thread) when this thread's reused
-    socket turns out to have been closed by the server: a library's sockets of the same
-    thread, opened as long ago, are most likely closed too, and one that does not reconnect
-    by itself (python-memcached) can be told to drop them before its next store.
+    :attr:`incidents` counts the times the server failed us (a dead mark) or closed a socket
+    of ours (a restart). Every other socket to it opened before, in any thread and the
+    library's too, may be dead: a backend whose library does not reconnect by itself
+    (python-memcached) drops a thread's library sockets before its next call when the count
+    has changed since that thread last looked.
 
     ``proxied``: the address is a proxy (twemproxy) in front of many backends. A
     ``SERVER_ERROR`` then speaks for the backend of the keys asked for (the proxy may close
@@ -165,7 +166,6 @@ class MemcachedConnection:
         dead_retry: float,
         report_error: ErrorReporter,
         tls_context: ssl.SSLContext | None = None,
-        on_closed_by_server: Callable[[], None] | None = None,
         proxied: bool = False,
     ) -> None:
         self.address = address
@@ -176,9 +176,10 @@ class MemcachedConnection:
         self.dead_retry = dead_retry
         self.report_error = report_error
         self.tls_context = tls_context if address.unix_path is None else None
-        self.on_closed_by_server = on_closed_by_server
         self.dead_until = 0.0
         """``time.monotonic()`` before which the server is skipped (0: never failed)."""
+        self.incidents = 0
+        """Dead marks and sockets found closed by the server, so far (see the class doc)."""
         self._local = threading.local()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # for close()
         self._lock = threading.Lock()
@@ -196,6 +197,7 @@ class MemcachedConnection:
         """Skip this server for ``dead_retry`` seconds, in every thread (the libraries'
         failures are marked here too, so that the hit path and the stores agree)."""
         self.dead_until = time.monotonic() + self.dead_retry
+        self.incidents += 1
 
     def get_multi(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The values of ``keys`` found on this server (one round trip); {} if it is marked
@@ -216,8 +218,7 @@ class MemcachedConnection:
                 if not reused:
                     raise
                 self._drop(local)
-                if self.on_closed_by_server is not None:
-                    self.on_closed_by_server()
+                self.incidents += 1  # the server restarted: other threads' sockets are old too
                 sock = local.sock = self._connect()
                 return fetch_values(sock, keys, self.socket_timeout)
         except ServerError as exc:
@@ -332,11 +333,14 @@ _EVERY_CONNECTION: weakref.WeakSet[MemcachedConnection] = weakref.WeakSet()
 
 def _forget_sockets_after_fork() -> None:
     """A forked child must not talk on its parent's sockets (two processes reading one
-    stream get each other's replies): it connects again. The parent's sockets stay open."""
+    stream get each other's replies): it connects again. The parent's sockets stay open.
+    The incident tells the python-memcached backend that the library's sockets of this
+    thread are the parent's too (pymemcache's clients are forgotten in backends.py)."""
     for connection in list(_EVERY_CONNECTION):
         connection._local = threading.local()
         connection._sockets = weakref.WeakSet()
         connection._lock = threading.Lock()
+        connection.incidents += 1
 
 
 if hasattr(os, "register_at_fork"):

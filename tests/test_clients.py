@@ -6,6 +6,8 @@ import base64
 import http.client
 import textwrap
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from backends_for_tests import CountingAuthenticator
@@ -284,3 +286,83 @@ def test_a_restarted_memcached_is_used_again_at_once(private_memcached, client):
     assert backend.get_multi(["after"], "route") == {"after": b"2"}
     assert plugin.counters.snapshot()["cache_errors"] == 0
     backend.close()
+
+
+class OtherThread:
+    """Runs calls in one thread of its own (a waitress worker, say): its sockets are its own."""
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1)
+
+    def __call__(self, call, *args):
+        return self._executor.submit(call, *args).result(timeout=30)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def _both_threads_connected(backend, other: OtherThread) -> None:
+    """A store and a get in this thread and in ``other``: each holds its own sockets."""
+    for key, run in (("here", lambda call, *a: call(*a)), ("there", other)):
+        assert run(backend.set, key, b"1", 60, "route")
+        assert run(backend.get_multi, [key], "route") == {key: b"1"}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_restart_noticed_by_one_thread_costs_the_others_nothing(private_memcached, client):
+    """memcached restarts while the site is quiet; one thread's get notices (its socket was
+    closed) and reconnects. Another thread's first call afterwards is a store, on the
+    library's socket of that thread, closed by the restart too: it must reconnect, not mark
+    the server dead (python-memcached's own reconnect-once is defeated by its dead mark)."""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x", memcached_client=client,
+                         memcached_urls=private_memcached.url, dead_retry="30")
+    backend = plugin.backend
+    other = OtherThread()
+    try:
+        _both_threads_connected(backend, other)
+        private_memcached.restart()  # same port, empty
+        assert backend.get_multi(["here"], "route") == {}  # noticed here, no error
+        assert other(backend.set, "after", b"2", 60, "route")  # a store first, there
+        assert backend.get_multi(["after"], "route") == {"after": b"2"}
+        assert plugin.counters.snapshot()["cache_errors"] == 0
+    finally:
+        other.close()
+        backend.close()
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_after_a_dead_mark_expires_no_older_socket_marks_the_server_dead_again(
+        private_memcached, client):
+    """memcached is killed: one thread's get finds it gone and marks it dead. It comes back
+    (empty) and the mark expires. A thread that made no call meanwhile, or whose get was
+    skipped by the mark, still holds a library socket from before: its first store must
+    reconnect. (It used to fail and mark the server dead for another dead_retry; with
+    waitress's 8 threads, one after another, a restart cost up to 8 x dead_retry of misses:
+    the python-memcached recovery flake of test_faults and test_latency_faults.)"""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x", memcached_client=client,
+                         memcached_urls=private_memcached.url, dead_retry="0.2")
+    backend = plugin.backend
+    (connection,) = backend._connections
+    other = OtherThread()
+    try:
+        _both_threads_connected(backend, other)
+        private_memcached.process.kill()  # SIGKILL: gone at once, its sockets reset
+        private_memcached.process.wait(5)
+        private_memcached.stop()  # bookkeeping only
+        assert backend.get_multi(["here"], "route") == {}  # refused: marked dead
+        assert not connection.alive
+        errors = plugin.counters.snapshot()["cache_errors"]
+        assert errors == 1
+        private_memcached.start()  # same port, empty
+        deadline = time.monotonic() + 10
+        while not connection.alive:  # the mark lasts dead_retry
+            assert time.monotonic() < deadline, "the dead mark never expired"
+            time.sleep(0.02)
+        assert other(backend.set, "after", b"2", 60, "route")  # there: its old socket
+        assert connection.alive
+        assert backend.get_multi(["after"], "route") == {"after": b"2"}
+        assert other(backend.get_multi, ["after"], "route") == {"after": b"2"}
+        assert plugin.counters.snapshot()["cache_errors"] == errors
+    finally:
+        other.close()
+        backend.close()

@@ -82,9 +82,7 @@ def test_hit_and_miss(memcached):
 
 def test_restarted_memcached_is_used_again_without_a_mark(private_memcached):
     reports = Reports()
-    closed_by_server: list[int] = []
     connection = connect_to(private_memcached, reports)
-    connection.on_closed_by_server = lambda: closed_by_server.append(1)
     private_memcached.set_raw("k", b"v")
     assert connection.get_multi(["k"]) == {"k": b"v"}
     old = connection.thread_socket()
@@ -93,7 +91,7 @@ def test_restarted_memcached_is_used_again_without_a_mark(private_memcached):
     assert connection.get_multi(["k"]) == {"k": b"after"}
     assert connection.thread_socket() is not old
     assert reports.messages == [] and connection.alive
-    assert closed_by_server == [1]
+    assert connection.incidents == 1  # other sockets to it, as old, are suspect
     connection.close()
 
 
@@ -105,7 +103,7 @@ def test_stopped_server_is_a_reported_miss_then_skipped_until_dead_retry(private
     private_memcached.stop()
     # The reused socket is found closed, the reconnect is refused: the server's fault.
     assert connection.get_multi(["k"]) == {}
-    assert not connection.alive
+    assert not connection.alive and connection.incidents == 2  # found closed, then refused
     assert len(reports.messages) == 1
     server, message = reports.messages[0]
     assert server == private_memcached.url and "ConnectionRefusedError" in message
@@ -248,6 +246,38 @@ def test_a_forked_child_connects_again(memcached):
     assert connection.thread_socket() is parent_socket
     assert connection.get_multi(["k"]) == {"k": b"v"}  # the parent's socket is untouched
     connection.close()
+
+
+def _total_connections(server: MemcachedServer) -> int:
+    """memcached's count of connections accepted so far (this one included)."""
+    for line in server.raw_command(b"stats\r\n").decode("ascii").splitlines():
+        if line.startswith("STAT total_connections "):
+            return int(line.split()[2])
+    raise AssertionError("no total_connections in stats")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_forked_child_stores_on_a_socket_of_its_own(memcached, client):
+    """The libraries' sockets too: a child forked after the parent stored (a preloading
+    master) must not write on the parent's socket (two processes reading one stream get
+    each other's replies). The parent's socket is left open, and goes on working."""
+    plugin = make_plugin(secret=SECRET, authenticator_name="x", memcached_client=client,
+                         memcached_urls=memcached.url)
+    backend = plugin.backend
+    assert backend.set("parent", b"1", 60, "route")  # this thread's library socket is open
+    before = _total_connections(memcached)
+    pid = os.fork()
+    if pid == 0:  # the child: one store, then out at once
+        os._exit(0 if backend.set("child", b"2", 60, "route") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert _total_connections(memcached) == before + 2  # this stats read, the child's own
+    assert backend.set("parent-again", b"3", 60, "route")
+    assert _total_connections(memcached) == before + 3  # the parent reused its socket
+    assert backend.get_multi(["child", "parent-again"], "route") == {"child": b"2",
+                                                                    "parent-again": b"3"}
+    backend.close()
 
 
 def test_unix_socket_server():

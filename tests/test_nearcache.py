@@ -9,6 +9,7 @@ nothing older from memory; keys hold no credentials; mutable values are copied.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import subprocess
@@ -850,8 +851,21 @@ def test_first_lookup_racing_an_invalidation_is_not_served_after_it(memcached):
 # ------------------------------------------------------------------ concurrency
 
 
+# Each worker makes at least this many logins, and goes on until the near cache has been
+# emptied by an invalidation while it ran (bounded by RACE_DEADLINE seconds).
+RACE_LOGINS = 40
+RACE_DEADLINE = 20.0
+
+
 @pytest.mark.parametrize("client", ["python-memcached", "pymemcache"])
 def test_twenty_threads_with_invalidations_racing(memcached, caplog, client):
+    """Twenty threads log in (a third of them with a wrong password) and read metadata while
+    another "process" invalidates users and everything: every answer is right, whatever the
+    interleaving. The race must have happened: the workers go on past RACE_LOGINS until an
+    invalidation has emptied the near cache mid-run. (With a fixed count they could all be
+    done, on a loaded machine, before the invalidator's first write: only 6 to 13
+    invalidations land in a usual run, the first ~0.1 s in, and the invalidator's thread
+    waits for the GIL behind twenty busy ones at each of its socket calls.)"""
     backend = CountingAuthenticator()
     md = CountingMetadata()
     plugin = plugin_for(memcached, backend, md, mdprovider_name="md", memcached_client=client,
@@ -860,9 +874,15 @@ def test_twenty_threads_with_invalidations_racing(memcached, caplog, client):
     users = list(backend.users.items())
     errors: list[str] = []
     metadata_calls = [0]
+    logins = [0]
     lock = threading.Lock()
     stop = threading.Event()
     start = threading.Barrier(21)
+    deadline = time.monotonic() + RACE_DEADLINE
+
+    def raced() -> bool:
+        """An invalidation emptied the near cache while the workers ran."""
+        return plugin.counters.snapshot()["local_flushes"] > 0
 
     def invalidator():
         start.wait()
@@ -878,8 +898,11 @@ def test_twenty_threads_with_invalidations_racing(memcached, caplog, client):
 
     def worker(n):
         start.wait()
+        i = 0
         try:
-            for i in range(40):
+            for i in itertools.count():  # at the break, i logins were made
+                if i >= RACE_LOGINS and (raced() or time.monotonic() > deadline):
+                    break
                 user, password = users[(n + i // 4) % len(users)]
                 wrong = (n + i) % 3 == 0
                 userid, identity, environ = login(plugin, user, password + "x" * wrong, environ={})
@@ -905,6 +928,8 @@ def test_twenty_threads_with_invalidations_racing(memcached, caplog, client):
                     identity["groups"].append("mutated")
         except Exception as exc:  # pragma: no cover - reported below
             errors.append(repr(exc))
+        with lock:
+            logins[0] += i
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(20)]
     threads.append(threading.Thread(target=invalidator))
@@ -920,8 +945,10 @@ def test_twenty_threads_with_invalidations_racing(memcached, caplog, client):
     counts = plugin.counters.snapshot()
     # Every lookup was answered exactly one way.
     answered = counts["hits"] + counts["negative_hits"] + counts["local_hits"] + counts["misses"]
-    assert answered == 20 * 40 + metadata_calls[0]
-    assert counts["local_hits"] > 0 and counts["local_flushes"] > 0
+    assert logins[0] >= 20 * RACE_LOGINS
+    assert answered == logins[0] + metadata_calls[0]
+    assert counts["local_hits"] > 0
+    assert counts["local_flushes"] > 0, f"no invalidation was seen in {RACE_DEADLINE}s of racing"
     assert other.counters.snapshot()["invalidations"] > 0
     # Quiet again: one more invalidation is seen once the interval has passed.
     assert auth(plugin)[0] == "user:alice"
