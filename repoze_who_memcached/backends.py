@@ -522,6 +522,13 @@ class ConsistentHashRing:
     def position(key: str) -> int:
         return zlib.crc32(key.encode("ascii"))
 
+    def first(self, key: str) -> int:
+        """The server index ``key`` prefers (the first of :meth:`owners`)."""
+        if self.count == 1:
+            return 0
+        at = bisect.bisect(self._positions, self.position(key))
+        return self._owners[at if at < len(self._owners) else 0]
+
     def owners(self, key: str) -> Iterable[int]:
         """Server indexes in order of preference for ``key``."""
         if self.count == 1:
@@ -593,6 +600,9 @@ class PymemcacheBackend(CacheBackend):
         """The first server on the ring for ``key`` that is not marked dead (the marks are
         our connections': shared by the hit path's ``get`` and the library's calls)."""
         connections = self._connections
+        first = self._ring.first(key)  # the usual case, without the generator
+        if connections[first].alive:
+            return first
         for index in self._ring.owners(key):
             if connections[index].alive:
                 return index

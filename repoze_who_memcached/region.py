@@ -115,6 +115,9 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         self._routes: dict[str, str] = {}  # route_for's memo (rotation.py)
         self.lock_token = new_token()  # marks the memcached locks this region takes
         self.warn = RateLimitedLog(logger)
+        # The hit path counts on the raw counters (no lookup by name).
+        self._hits = counters.counter("hits")
+        self._negative_hits = counters.counter("negative_hits")
         self.epoch_checked: Callable[[], None] = lambda: None  # called at each epoch check
         self.previous = [
             _SecretKeys(maker, Sealer(old), maker.namespace_generation_key())
@@ -159,39 +162,52 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         near_flushes = near.flushes if near is not None else 0
         user_key = self.user_key(*user) if user is not None else None
         keys = self.keys
-        entry_key = keys.entry_key("", items, head, keys.tag_of(user_key))
+        proxied = self.proxied
+        entry_key = keys.entry_key("", items, head, keys.tag_of(user_key) if proxied else "")
         if user_key:
             route = self.route_for(user) or user_key
-            generation_keys = [keys.namespace_key_for(user_key) if self.proxied
+            generation_keys = [keys.namespace_key_for(user_key) if proxied
                                else self.namespace_key, user_key]
         else:
             route = entry_key
-            generation_keys = [keys.namespace_key_for(route) if self.proxied
+            generation_keys = [keys.namespace_key_for(route) if proxied
                                else self.namespace_key]
-        # The keys of the entry under each previous secret ride along (secret rotation).
-        rotated = self._previous_keys(items, head, user, route) if self.previous else []
-        also = [k for _, entry, olds in rotated for k in (entry, *olds)]
-        # All of a user's keys live on one server: one round trip, whatever the cluster.
-        record, generations = self._fetch(entry_key, generation_keys, route, *also)
-        generations, found_also = generations[:len(generation_keys)], generations[
-            len(generation_keys):]
+        lookup = None  # made when needed: a plain hit does without
+        if self.previous:
+            # The keys of the entry under each previous secret ride along (secret rotation).
+            rotated = self._previous_keys(items, head, user, route)
+            also = [k for _, entry, olds in rotated for k in (entry, *olds)]
+            # All of a user's keys live on one server: one round trip, whatever the cluster.
+            record, generations = self._fetch(entry_key, generation_keys, route, *also)
+            generations, found_also = generations[:len(generation_keys)], generations[
+                len(generation_keys):]
+            if record is None and rotated:
+                lookup = _Lookup(entry_key, route, generation_keys, generations, near_key,
+                                 near_flushes, user, credential)
+                record = self._rotated(lookup, rotated,
+                                       dict(zip(also, found_also, strict=True)))
+        else:
+            record, generations = self._fetch(entry_key, generation_keys, route)
         now = time.time()
-        lookup = _Lookup(entry_key, route, generation_keys, generations, near_key, near_flushes,
-                         user, credential)
-        if record is None and rotated:
-            record = self._rotated(lookup, rotated, dict(zip(also, found_also, strict=True)))
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
-            self.counters.incr("hits" if positive else "negative_hits")
+            next(self._hits if positive else self._negative_hits)
+            self.counters.log_if_due()
             if near is not None:
                 near.put(near_key, record.get(_USERID), record[_VALUES], positive,
                          record[_EXPIRES], near_flushes)
             if positive and record[_EXPIRES] - now < self.refresh_window:
-                self._refresh_soon(lookup, create, args)
+                self._refresh_soon(lookup or _Lookup(entry_key, route, generation_keys,
+                                                     generations, near_key, near_flushes, user,
+                                                     credential), create, args)
             # The record is the sealer's, shared with other hits: the caller gets a copy.
-            return ("hit" if positive else "negative_hit"), record.get(_USERID), _copy(
-                record[_VALUES])
+            values = record[_VALUES]
+            return ("hit" if positive else "negative_hit"), record.get(_USERID), (
+                dict(values) if not values or not is_mutable(values) else copy.deepcopy(values))
 
+        if lookup is None:
+            lookup = _Lookup(entry_key, route, generation_keys, generations, near_key,
+                             near_flushes, user, credential)
         self.counters.incr("misses")
         outcome = self._coalesced_call(lookup, create, args)
         if outcome.refused:

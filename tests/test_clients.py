@@ -120,6 +120,8 @@ def test_ring_spreads_and_moves_only_the_lost_servers_keys():
     for key, owner in zip(keys, first, strict=True):
         order = list(ring.owners(key))
         assert order[0] == owner and sorted(order) == [0, 1, 2]
+        assert ring.first(key) == owner
+    assert ConsistentHashRing(1).first("any") == 0
 
 
 # ------------------------------------------------------------------ under waitress
