@@ -272,8 +272,10 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
         lines += [targets_note, ""] if targets_note else []
         lines += _table(["requests/s ratio", "meaning", "", "why", "measured", "target"],
                         rows, text=4)
-        lines += ["Hot ratios: median of per-round ratios to `noauth` measured in the same "
-                  "round. Zipf ratios: median of per-round ratios to `uncached` over the warm "
+        lines += ["Hot ratios: the median, over rounds, of each phase's requests/s over a "
+                  "`noauth` phase run just before it (the machine's speed drifts over "
+                  "seconds: each stack is compared with its own baseline). Zipf ratios: "
+                  "median of per-round ratios to `uncached` over the warm "
                   "rounds (round 2 on; round 1 starts from an empty cache, and is in the "
                   "tables below).", ""]
     lines += [f"python-ldap: {h.get('python_ldap', 'not measured')}. Refresh-ahead: "

@@ -68,6 +68,7 @@ BASE_TARGETS = (BASELINE, FLOOR, "uncached", "python-memcached", "pymemcache",
 PYTHON_LDAP_TARGETS = ("uncached[python-ldap]", "pymemcache[python-ldap]",
                        "pymemcache+local[python-ldap]")
 LOCAL_TTL = "60"
+SETTLE_SECONDS = 0.5  # unmeasured load before each phase of the hot workload
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -382,15 +383,29 @@ def _median(values: list[float | None]) -> float | None:
 def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Settings,
               seconds: float, headers: list[str], client_cpus: set[int],
               backends: dict[str, int | None], log: Callable[[str], None],
-              label: str) -> dict[str, Any]:
-    """Rounds interleaving the stacks; per-phase and summary figures."""
+              label: str, paired: bool = False) -> dict[str, Any]:
+    """Rounds interleaving the stacks; per-phase and summary figures.
+
+    ``paired``: each stack's phase comes right after a ``noauth`` phase of its own, and its
+    ratio to the baseline is taken against that one (on this shared machine the speed
+    drifts over seconds: a baseline measured eight phases earlier is another machine), and
+    every phase is preceded by an unmeasured ``SETTLE_SECONDS`` of the same load, so that
+    what the previous stack left behind (its garbage, a backlog) is not counted against
+    the next one.
+    """
     phase_settings = Settings(**{**vars(settings), "seconds": seconds})
+    settle_settings = Settings(**{**vars(settings), "seconds": SETTLE_SECONDS})
     phases: list[dict[str, Any]] = []
     for r in range(settings.rounds):
         shift = r % len(targets)
         order = list(targets[shift:] + targets[:shift])
+        if paired:
+            order = [t for target in order if target != BASELINE for t in (BASELINE, target)]
         for target in order:
             log(f"{label}: {name} round {r + 1}/{settings.rounds} {target}")
+            if paired:
+                load_phase(port, target, settle_settings, zipf, headers, seed=r * 10 + 2,
+                           client_cpus=client_cpus)
             before = get_json(port, "/_stats")
             backends_before = {k: process_cpu_seconds(pid) for k, pid in backends.items()}
             phase = load_phase(port, target, phase_settings, zipf, headers,
@@ -422,6 +437,8 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
                 phase["cache_hits"] = (_delta(after, before, target, "cache", "hits")
                                        + phase["local_hits"])
                 phase["cache_misses"] = _delta(after, before, target, "cache", "misses")
+            if paired and target != BASELINE:
+                phase["baseline_rps"] = phases[-1]["rps"]  # the noauth phase just before
             phases.append(phase)
 
     def of(target: str, r: int) -> dict[str, Any]:
@@ -448,8 +465,11 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
             "server_busy": statistics.median(p["server_busy"] for p in mine),
             **{f"{b}_cpu_us_per_request": _median([p[f"{b}_cpu_us_per_request"]
                                                    for p in mine]) for b in backends},
-            "rps_over_noauth": statistics.median(
-                of(target, r)["rps"] / of(BASELINE, r)["rps"] for r in rounds),
+            "rps_over_noauth": (
+                1.0 if target == BASELINE
+                else statistics.median(p["rps"] / p["baseline_rps"] for p in mine) if paired
+                else statistics.median(of(target, r)["rps"] / of(BASELINE, r)["rps"]
+                                       for r in rounds)),
         }
     speedups, warm_speedups = {}, {}
     for target in filter(is_cached, targets):
@@ -566,7 +586,7 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None], *,
                 _get(port, target, headers[i])
         workloads["hot"] = _workload(port, "hot", targets, Zipf(hot_users, settings.zipf_s),
                                      settings, settings.hot_seconds, headers, client_cpus,
-                                     backends, log, label)
+                                     backends, log, label, paired=True)
     return {
         "workloads": workloads,
         "targets": evaluate_targets(workloads),
