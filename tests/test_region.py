@@ -17,11 +17,11 @@ from repoze_who_memcached.region import CacheRegion, Outcome
 PACKAGE = Path(__file__).parent.parent / "repoze_who_memcached"
 
 
-def region_for(memcached, **options) -> CacheRegion:
+def region_for(memcached, secret: str = SECRET, **options) -> CacheRegion:
     settings = BackendSettings(servers=(ServerAddress.parse(memcached.url),))
     backend = BACKENDS["python-memcached"](settings, lambda server, message: None)
     counters = Counters("region", logging.getLogger("test"))
-    return CacheRegion(secret=SECRET.encode(), backend=backend, counters=counters, **options)
+    return CacheRegion(secret=secret.encode(), backend=backend, counters=counters, **options)
 
 
 class Creator:
@@ -100,6 +100,27 @@ def test_different_heads_never_share_entries(memcached):
         head = region.keys.entry_head("authenticate", scope)
         assert region.get_or_create(head, items, None, None, create)[0] == "miss"
     assert create.calls == 2
+
+
+def test_a_rotated_hit_leaves_the_shared_record_as_sealed(memcached):
+    """The sealer hands every opener of the same bytes one shared record. A hit on an entry
+    of a previous secret is re-stored with an expiry within the current ttl: that must not
+    be written into the shared record, or the old entry's bytes open to another expiry than
+    they hold."""
+    old_secret = "rotated-out-" + "o" * 32
+    items = [("login", "alice"), ("password", "pw")]
+    before = region_for(memcached, secret=old_secret, ttl=3600)
+    ask(before, Creator(Outcome("alice", positive=True)), items)
+    old_key = before.keys.entry_key("", items, before.keys.entry_head("authenticate", b"backend"),
+                                    "")
+    raw = memcached.get_raw(old_key)
+    sealed_expiry = before.sealer.open(old_key, raw)["x"]
+    after = region_for(memcached, ttl=60, previous_secrets=[old_secret.encode()])
+    create = Creator(Outcome("alice", positive=True))
+    assert ask(after, create, items) == ("hit", "alice", {})
+    assert create.calls == 0 and after.counters.snapshot()["rotated_hits"] == 1
+    assert sealed_expiry > time.time() + 3000
+    assert after.previous[0].sealer.open(old_key, raw)["x"] == sealed_expiry
 
 
 def _local_imports(module: str) -> set[str]:
