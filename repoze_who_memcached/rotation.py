@@ -95,7 +95,8 @@ class SecretRotation:
             # Never longer than this configuration's own ttl (the old one may have been longer).
             expires = min(record[_EXPIRES],
                           time.time() + (self.ttl if positive else self.negative_ttl))
-            record[_EXPIRES] = expires
+            # A record of our own: the opened one is the sealer's, shared (sealing.py).
+            record = {**record, _EXPIRES: expires}
             self._store(lookup, outcome, expires=expires)
             return record
         return None
