@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from webob import Request
 from webob.exc import HTTPUnauthorized
 from zope.interface import implementer
 
+import repoze_who_memcached.middleware as middleware_module
 from repoze_who_memcached.middleware import AuthMiddleware
 
 
@@ -254,3 +256,60 @@ def test_remembered_default_classification_is_repoze_whos():
     assert {classify(e) for e in environs} == {"browser", "dav", "xmlpost"}
     with pytest.raises(KeyError):  # as repoze.who's: a WSGI environ has REQUEST_METHOD
         classify({})
+
+
+def test_remembered_classifications_hold_little_memory_whatever_the_user_agents():
+    """User-Agent is the client's to choose, as long as the server takes (waitress: 256 KB
+    of headers). The memo counts its entries; what they hold must be bounded too."""
+    classify = AuthMiddleware(seen_app, [], [], [], []).api_factory.classify
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1100):
+            agent = f"{i:06d}" + "x" * 65536
+            assert classify({"REQUEST_METHOD": "GET", "HTTP_USER_AGENT": agent}) == "browser"
+            del agent
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * 1024 * 1024, f"{held} bytes kept for 1100 requests"
+
+
+def test_form_posts_from_one_browser_are_classified_once(monkeypatch):
+    """A form post's Content-Type holds a boundary made up for the request; the classifier
+    reads only whether it starts with text/xml. Remembered by the whole header, every post
+    took an entry of its own and the memo filled with answers no request would ask for
+    again (after which no new browser was remembered)."""
+    classify = AuthMiddleware(seen_app, [], [], [], []).api_factory.classify
+    calls = []
+
+    def counting(environ: dict) -> str:
+        calls.append(environ.get("CONTENT_TYPE"))
+        return default_request_classifier(environ)
+
+    monkeypatch.setattr(middleware_module, "default_request_classifier", counting)
+    agent = "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0"
+    for i in range(1100):
+        environ = {"REQUEST_METHOD": "POST", "HTTP_USER_AGENT": agent,
+                   "CONTENT_TYPE": f"multipart/form-data; boundary=----{i:020d}"}
+        assert classify(environ) == "browser"
+    assert classify({"REQUEST_METHOD": "POST", "HTTP_USER_AGENT": agent,
+                     "CONTENT_TYPE": "text/xml; charset=utf-8"}) == "xmlpost"
+    assert len(calls) == 2, f"{len(calls)} classifications for two kinds of request"
+
+
+def test_the_api_objects_settings_can_be_set_as_on_stock_repoze_who():
+    """Stock ``API`` keeps its settings as plain attributes: code holding the request's API
+    may replace one for the request (a challenge decider, the remote-user key...)."""
+    middleware = AuthMiddleware(seen_app, **plugins())
+    environ = Request.blank("/").environ
+    api = middleware.api_factory(environ)
+    names = ("interface_registry", "identifiers", "authenticators", "challengers",
+             "mdproviders", "challenge_decider", "remote_user_key")
+    for name in names:
+        assert getattr(api, name) is getattr(middleware.api_factory, name)
+        replacement = object()
+        setattr(api, name, replacement)
+        assert getattr(api, name) is replacement
+    other = middleware.api_factory(Request.blank("/").environ)
+    assert all(getattr(other, name) is getattr(middleware.api_factory, name) for name in names)
