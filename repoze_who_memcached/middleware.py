@@ -34,7 +34,10 @@ from repoze.who.middleware import (
 from .errors import ConfigError
 
 _MAX_USER_AGENTS = 1024
-"""Classifications remembered by (method, User-Agent, Content-Type) (see below)."""
+"""Classifications remembered by (method, User-Agent, text/xml or not) (see below)."""
+_MAX_REMEMBERED_AGENT_CHARS = 512
+"""Longer User-Agents are classified afresh: the memo's memory stays small (real browsers
+send 100 to 300 characters; a client may send what the server's header limit lets it)."""
 _MAX_CLASSIFICATIONS = 64
 """Plugin lists kept for this many classifications (a custom classifier could make up
 any number of them; past this, each request matches its plugins itself)."""
@@ -105,16 +108,24 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
     """repoze.who's ``default_request_classifier``, its answers remembered by what it reads.
 
     It is a function of the method, the User-Agent (matched against nine WebDAV agents) and,
-    for a POST, the Content-Type; browsers send the same few User-Agents again and again.
-    The memo is bounded (User-Agent is the client's to choose): past it, each request is
-    classified afresh.
+    for a POST, whether the Content-Type starts with ``text/xml`` (its expression, repeated
+    here: the header itself is no key, as a form post's holds a boundary made up for the
+    request). Browsers send the same few User-Agents again and again. The memo is bounded
+    (User-Agent is the client's to choose): long ones are not kept, and it is emptied when
+    full, as the package's other memos are.
     """
-    memo: dict[tuple[Any, Any, Any], str] = {}
+    memo: dict[tuple[Any, Any, bool | None], str] = {}
 
     def classify(environ: dict) -> str:
         method = environ.get("REQUEST_METHOD")
-        what = (method, environ.get("HTTP_USER_AGENT"),
-                environ.get("CONTENT_TYPE") if method == "POST" else None)
+        agent = environ.get("HTTP_USER_AGENT")
+        xml = None
+        if method == "POST":
+            content_type = environ.get("CONTENT_TYPE", "")
+            if type(content_type) is not str:
+                return default_request_classifier(environ)
+            xml = content_type.lower().startswith("text/xml")
+        what = (method, agent, xml)
         try:
             return memo[what]
         except KeyError:
@@ -122,11 +133,28 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
         except TypeError:  # a value that is not hashable: not for the memo
             return default_request_classifier(environ)
         classification = default_request_classifier(environ)
-        if len(memo) < _MAX_USER_AGENTS:
-            memo[what] = classification
+        if type(agent) is str and len(agent) > _MAX_REMEMBERED_AGENT_CHARS:
+            return classification
+        if len(memo) >= _MAX_USER_AGENTS:
+            memo.clear()
+        memo[what] = classification
         return classification
 
     return classify
+
+
+class _FromFactory:
+    """An API setting read from the factory until the request's API is given its own
+    (stock ``API`` copies them into plain attributes, which code may set; a property
+    could not be set)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, api: Any, owner: type | None = None) -> Any:
+        if api is None:
+            return self
+        return getattr(api.factory, self.name)
 
 
 class PrebuiltAPI(API):
@@ -148,19 +176,20 @@ class PrebuiltAPI(API):
         if self.logger:
             self.logger.info(f"request classification: {self.classification}")
 
-    interface_registry = property(lambda self: self.factory.interface_registry)
-    identifiers = property(lambda self: self.factory.identifiers)
-    authenticators = property(lambda self: self.factory.authenticators)
-    challengers = property(lambda self: self.factory.challengers)
-    mdproviders = property(lambda self: self.factory.mdproviders)
-    challenge_decider = property(lambda self: self.factory.challenge_decider)
-    remote_user_key = property(lambda self: self.factory.remote_user_key)
+    # No __set__: an attribute set on the API object hides the factory's, as on stock API.
+    interface_registry = _FromFactory()
+    identifiers = _FromFactory()
+    authenticators = _FromFactory()
+    challengers = _FromFactory()
+    mdproviders = _FromFactory()
+    challenge_decider = _FromFactory()
+    remote_user_key = _FromFactory()
 
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried
         with every authenticator; the best (authenticator first, then identifier, in their
         configured order) gets the metadata and is the request's identity."""
-        if self.logger:
+        if self.logger or "interface_registry" in self.__dict__:  # logged, or set by hand
             return super().authenticate()
         environ = self.environ
         plugins = self.factory.plugins_for(self.classification)

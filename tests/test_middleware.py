@@ -313,3 +313,10 @@ def test_the_api_objects_settings_can_be_set_as_on_stock_repoze_who():
         assert getattr(api, name) is replacement
     other = middleware.api_factory(Request.blank("/").environ)
     assert all(getattr(other, name) is getattr(middleware.api_factory, name) for name in names)
+    # A registry set by hand is the one authenticate() matches, as stock's does.
+    environ = Request.blank("/", headers={"X-Login-One": "alice"}).environ
+    api = middleware.api_factory(environ)
+    api.interface_registry = {}
+    assert api.authenticate() is None and "REMOTE_USER" not in environ
+    assert middleware.api_factory(Request.blank("/", headers={"X-Login-One": "alice"}).environ
+                                  ).authenticate()["repoze.who.userid"] == "second:alice"
