@@ -85,18 +85,17 @@ class PrebuiltAPIFactory(APIFactory):
         classification uses (repoze.who's ``match_classification``, made once)."""
         try:
             return self._plugins_by_classification[classification]
-        except (KeyError, TypeError):  # TypeError: an unhashable classification
-            pass
+        except KeyError:
+            rememberable = len(self._plugins_by_classification) < _MAX_CLASSIFICATIONS
+        except TypeError:  # an unhashable classification: matched each time
+            rememberable = False
         registry = self.interface_registry
         plugins = PluginsFor(*(
             match_classification(iface, registry.get(iface, ()), classification)
             for iface in (IIdentifier, IAuthenticator, IMetadataProvider)
         ))
-        try:
-            if len(self._plugins_by_classification) < _MAX_CLASSIFICATIONS:
-                self._plugins_by_classification[classification] = plugins
-        except TypeError:
-            pass
+        if rememberable:
+            self._plugins_by_classification[classification] = plugins
         return plugins
 
 
@@ -166,8 +165,8 @@ class PrebuiltAPI(API):
 
     def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
         # repoze.who's API.__init__ minus the per-request verification; the attributes that
-        # only repeat the factory's are read from it (properties below) when a method needs
-        # them, instead of being copied for every request.
+        # only repeat the factory's are read from it (``_FromFactory`` below) when a method
+        # needs them, instead of being copied for every request.
         self.environ = environ
         self.factory = factory
         self.name_registry = dict(factory.name_registry)  # the app may change its copy

@@ -52,7 +52,7 @@ _LOCK_POLL = 0.02
 
 def _copy(values: dict[str, Any]) -> dict[str, Any]:
     """A record's values for the caller to keep and change (records are shared)."""
-    return copy.deepcopy(values) if is_mutable(values) else dict(values)
+    return dict(values) if not values or not is_mutable(values) else copy.deepcopy(values)
 
 
 class _Flight:
@@ -172,7 +172,7 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
             route = entry_key
             generation_keys = [keys.namespace_key_for(route) if proxied
                                else self.namespace_key]
-        lookup = None  # made when needed: a plain hit does without
+        rotated = None
         if self.previous:
             # The keys of the entry under each previous secret ride along (secret rotation).
             rotated = self._previous_keys(items, head, user, route)
@@ -181,13 +181,15 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
             record, generations = self._fetch(entry_key, generation_keys, route, *also)
             generations, found_also = generations[:len(generation_keys)], generations[
                 len(generation_keys):]
-            if record is None and rotated:
-                lookup = _Lookup(entry_key, route, generation_keys, generations, near_key,
-                                 near_flushes, user, credential)
-                record = self._rotated(lookup, rotated,
-                                       dict(zip(also, found_also, strict=True)))
         else:
             record, generations = self._fetch(entry_key, generation_keys, route)
+        # The Lookup is made only when needed: a plain hit does without.
+        lookup_fields = (entry_key, route, generation_keys, generations, near_key, near_flushes,
+                         user, credential)
+        lookup = None
+        if record is None and rotated:
+            lookup = _Lookup(*lookup_fields)
+            record = self._rotated(lookup, rotated, dict(zip(also, found_also, strict=True)))
         now = time.time()
         if record is not None and now < record[_EXPIRES]:
             positive = record[_POSITIVE]
@@ -197,17 +199,12 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
                 near.put(near_key, record.get(_USERID), record[_VALUES], positive,
                          record[_EXPIRES], near_flushes)
             if positive and record[_EXPIRES] - now < self.refresh_window:
-                self._refresh_soon(lookup or _Lookup(entry_key, route, generation_keys,
-                                                     generations, near_key, near_flushes, user,
-                                                     credential), create, args)
+                self._refresh_soon(lookup or _Lookup(*lookup_fields), create, args)
             # The record is the sealer's, shared with other hits: the caller gets a copy.
-            values = record[_VALUES]
-            return ("hit" if positive else "negative_hit"), record.get(_USERID), (
-                dict(values) if not values or not is_mutable(values) else copy.deepcopy(values))
+            return ("hit" if positive else "negative_hit"), record.get(_USERID), _copy(
+                record[_VALUES])
 
-        if lookup is None:
-            lookup = _Lookup(entry_key, route, generation_keys, generations, near_key,
-                             near_flushes, user, credential)
+        lookup = lookup or _Lookup(*lookup_fields)
         self.counters.incr("misses")
         outcome = self._coalesced_call(lookup, create, args)
         if outcome.refused:
