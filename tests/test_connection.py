@@ -9,7 +9,9 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,6 +79,21 @@ def test_hit_and_miss(memcached):
     assert connection.get_multi(["k1"]) == {"k1": b"one"}
     assert connection.thread_socket() is sock  # one socket per thread, reused
     assert reports.messages == [] and connection.alive
+    connection.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_RCVTIMEO is used on Linux")
+def test_a_plain_socket_is_bounded_by_the_kernel_not_by_poll(memcached):
+    """No ``poll()`` before each send and recv (a Python socket timeout's): the kernel
+    bounds each call; the hung-server tests below show the bound holds."""
+    connection = connect_to(memcached, Reports(), socket_timeout=0.25)
+    assert connection.get_multi(["absent"]) == {}
+    sock = connection.thread_socket()
+    assert sock.gettimeout() is None
+    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
+        seconds, microseconds = struct.unpack("@ll", sock.getsockopt(
+            socket.SOL_SOCKET, option, struct.calcsize("@ll")))
+        assert seconds == 0 and 250_000 <= microseconds <= 260_000  # rounded up to a tick
     connection.close()
 
 
@@ -336,6 +353,7 @@ def test_tls_hit_and_miss(tls_memcached):
     connection = connect_to(tls_memcached, reports, tls_context=context)
     assert connection.get_multi(["tls-k", "absent"]) == {"tls-k": b"sealed"}
     assert isinstance(connection.thread_socket(), ssl.SSLSocket)
+    assert connection.thread_socket().gettimeout() == 0.3  # Python's: ssl retries EAGAIN
     assert connection.get_multi(["absent"]) == {}
     assert reports.messages == []
     connection.close()
