@@ -547,6 +547,61 @@ def test_remembered_user_keys_equal_computed_ones_and_never_mix_types(monkeypatc
     assert maker.user_generation_key("login", "x") != maker.user_generation_key("userid", "x")
 
 
+class _Text(str):
+    """A str subclass: encoded as str by the key, refused by marshal (never remembered)."""
+
+
+def test_remembered_entry_keys_equal_computed_ones_and_never_mix_types(monkeypatch):
+    from repoze_who_memcached import keys
+
+    monkeypatch.setattr(keys, "ENTRY_KEY_MEMO_SIZE", 5)
+    maker = keys.KeyMaker(SECRET.encode())
+    head = maker.entry_head("authenticate", b"scope")
+    values = ["pw", _Text("pw"), b"pw", bytearray(b"pw"), memoryview(b"pw"), 1, True, 1.0,
+              "1", None, [1, "a"], (1, "a"), {"a": 1}, {"a": True}, [[b"\xff"]], 2**80]
+    for _ in range(2):  # the second pass reads what the first remembered (and evicted)
+        for value in values:
+            for tag in ("", "{abc}"):
+                items = [("login", "alice"), ("password", value)]
+                for call in (("authenticate", items, head, tag), ("add_metadata", items)):
+                    # a maker that remembers nothing yet computes the key from scratch
+                    fresh = keys.KeyMaker(SECRET.encode())
+                    assert maker.entry_key(*call) == fresh.entry_key(*call)
+                    assert maker.entry_key(*call) == fresh.entry_key(*call)  # remembered
+    assert len(maker._entry_keys) <= 5
+    key = {repr(v): maker.entry_key("authenticate", [("password", v)], head) for v in values}
+    # What the encoding tells apart stays apart (1, True, 1.0, "1"; lists and tuples)...
+    assert len({key[r] for r in ("1", "True", "1.0", "'1'", "None")}) == 5
+    assert key["[1, 'a']"] != key["(1, 'a')"] and key["{'a': 1}"] != key["{'a': True}"]
+    # ...and what it writes alike shares one key: bytes-like values, a str and its subclass.
+    assert len({maker.entry_key("authenticate", [("password", v)], head)
+                for v in values[:5] if not isinstance(v, str)}) == 1
+    assert maker.entry_key("authenticate", [("password", _Text("pw"))], head) == key["'pw'"]
+
+
+def test_remembered_entry_keys_hold_no_credential():
+    """The memo is keyed by a digest under a random key of the process: nothing reachable
+    from the key maker holds the password (or its bytes)."""
+    import gc
+
+    from repoze_who_memcached.keys import KeyMaker
+
+    maker = KeyMaker(SECRET.encode())
+    password = "correct horse " + "battery staple"  # made at run time: no shared constant
+    maker.entry_key("authenticate", [("login", "alice"), ("password", password)])
+    seen: set[int] = set()
+    pending: list[object] = [maker]
+    while pending:
+        obj = pending.pop()
+        if id(obj) in seen or isinstance(obj, type):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, (str, bytes)):
+            assert password not in (obj if isinstance(obj, str) else obj.decode("latin-1"))
+            continue
+        pending.extend(gc.get_referents(obj))
+
+
 def test_entry_key_is_the_documented_hmac_of_the_documented_encoding():
     """keys.py's format, rebuilt by hand: a change of format (every cache cold at the next
     deploy, two versions missing each other's entries) must be deliberate."""
