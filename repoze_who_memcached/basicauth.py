@@ -44,6 +44,7 @@ except TypeError:  # Python 3.10
     _STRICT_MODE = False
 _REALM_CHARACTERS = re.compile(r"[\x20-\x7e]*")
 _WHITESPACE = b" \t"
+_WHITESPACE_TEXT = " \t"
 
 
 @implementer(IIdentifier, IChallenger)
@@ -93,6 +94,27 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
     ``header`` is what a WSGI server puts in ``HTTP_AUTHORIZATION``: a str holding the raw
     bytes as latin-1 (PEP 3333); bytes are accepted too. Anything else is None.
     """
+    if type(header) is str and header.isascii():
+        # The usual case, on every request: an ASCII header with ASCII credentials, taken
+        # apart as text (base64 decoding takes ASCII text as well as bytes).
+        if len(header) > MAX_AUTHORIZATION_BYTES:
+            return None
+        scheme, separator, token = header.strip(_WHITESPACE_TEXT).partition(" ")
+        if not separator or scheme.lower() != "basic":
+            return None
+        try:
+            credentials = _strict_b64decode(token.strip(_WHITESPACE_TEXT))
+        except (binascii.Error, ValueError):
+            return None
+        if credentials.isascii():
+            text = credentials.decode("ascii")
+            if not text.isprintable():  # in ASCII: exactly the control characters
+                return None
+            login, colon, password = text.partition(":")
+            if not colon or not login:
+                return None
+            return {"login": login, "password": password}
+        return _credentials_from(credentials)
     if isinstance(header, str):
         if len(header) > MAX_AUTHORIZATION_BYTES:
             return None
@@ -113,10 +135,15 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
         credentials = _strict_b64decode(token.strip(_WHITESPACE))
     except (binascii.Error, ValueError):
         return None
+    return _credentials_from(credentials)
+
+
+def _credentials_from(credentials: bytes) -> dict[str, str] | None:
+    """The login and password of decoded Basic credentials (``login:password``), or None."""
     login_bytes, colon, password_bytes = credentials.partition(b":")
     if not colon or not login_bytes:
         return None
-    if credentials.isascii():  # the usual case: one check, and ASCII is valid UTF-8
+    if credentials.isascii():
         if _CONTROL_BYTES.search(credentials):
             return None
         return {"login": login_bytes.decode("ascii"), "password": password_bytes.decode("ascii")}

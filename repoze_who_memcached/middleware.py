@@ -70,6 +70,12 @@ class PrebuiltAPIFactory(APIFactory):
         except ValueError as exc:
             raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
         self._plugins_by_classification: dict[Any, PluginsFor] = {}
+        self.unclassified: PluginsFor | None = None
+        """The plugin lists of every request, when no plugin restricts itself to some
+        classifications (the usual case): no matching at all per request."""
+        every = (*identifiers, *authenticators, *challengers, *mdproviders)
+        if not any(getattr(plugin, "classifications", None) for _, plugin in every):
+            self.unclassified = self.plugins_for(None)
         self.classify: Callable[[dict], Any] = (
             _remembering_default_classifier() if request_classifier is default_request_classifier
             else request_classifier or _no_classification)
@@ -142,20 +148,6 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
     return classify
 
 
-class _FromFactory:
-    """An API setting read from the factory until the request's API is given its own
-    (stock ``API`` copies them into plain attributes, which code may set; a property
-    could not be set)."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, api: Any, owner: type | None = None) -> Any:
-        if api is None:
-            return self
-        return getattr(api.factory, self.name)
-
-
 class PrebuiltAPI(API):
     """repoze.who's API object over a :class:`PrebuiltAPIFactory`'s registries.
 
@@ -164,34 +156,33 @@ class PrebuiltAPI(API):
     """
 
     def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
-        # repoze.who's API.__init__ minus the per-request verification; the attributes that
-        # only repeat the factory's are read from it (``_FromFactory`` below) when a method
-        # needs them, instead of being copied for every request.
+        # repoze.who's API.__init__ minus the per-request verification. The settings are
+        # plain attributes, as on stock API (code holding the request's API may replace
+        # one); copying them costs less than reading them through a descriptor would.
         self.environ = environ
         self.factory = factory
+        self.interface_registry = factory.interface_registry
         self.name_registry = dict(factory.name_registry)  # the app may change its copy
+        self.identifiers = factory.identifiers
+        self.authenticators = factory.authenticators
+        self.challengers = factory.challengers
+        self.mdproviders = factory.mdproviders
+        self.challenge_decider = factory.challenge_decider
+        self.remote_user_key = factory.remote_user_key
         self.logger = factory.logger
         self.classification = factory.classify(environ)
         if self.logger:
             self.logger.info(f"request classification: {self.classification}")
 
-    # No __set__: an attribute set on the API object hides the factory's, as on stock API.
-    interface_registry = _FromFactory()
-    identifiers = _FromFactory()
-    authenticators = _FromFactory()
-    challengers = _FromFactory()
-    mdproviders = _FromFactory()
-    challenge_decider = _FromFactory()
-    remote_user_key = _FromFactory()
-
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried
         with every authenticator; the best (authenticator first, then identifier, in their
         configured order) gets the metadata and is the request's identity."""
-        if self.logger or "interface_registry" in self.__dict__:  # logged, or set by hand
-            return super().authenticate()
+        factory = self.factory
+        if self.logger or self.interface_registry is not factory.interface_registry:
+            return super().authenticate()  # logged, or a registry set by hand
         environ = self.environ
-        plugins = self.factory.plugins_for(self.classification)
+        plugins = factory.unclassified or factory.plugins_for(self.classification)
         found = []
         for identifier in plugins.identifiers:
             identity = identifier.identify(environ)
@@ -294,8 +285,13 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
         app_iter = app(environ, response)
         if not response.called:  # the app starts its response at its first iteration
             app_iter = wrap_generator(app_iter)
-        if not api.challenge_decider(environ, response.status, response.headers):
-            response.finish(api.remember())
+        decider = api.challenge_decider
+        if not (response.status.startswith("401 ") if decider is default_challenge_decider
+                else decider(environ, response.status, response.headers)):
+            # API.remember(), without its logging (no logger here)
+            identity = environ.get("repoze.who.identity")
+            identifier = identity.get("identifier") if identity else None
+            response.finish(identifier.remember(environ, identity) if identifier else None)
             return app_iter
         close = getattr(app_iter, "close", None)
         challenge_app = api.challenge(response.status, response.headers)
