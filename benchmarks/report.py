@@ -135,8 +135,10 @@ def _header(results: dict[str, Any]) -> list[str]:
                     f"{s['latency']['profile_calls']} hits per client"],
         ["HTTP", f"waitress ({s['http']['server_threads']} threads) in a subprocess; "
                  f"{s['http']['client_threads']} client threads, http.client keep-alive; "
-                 f"{s['http']['rounds']} rounds x {s['http']['seconds']} s per stack; Zipf "
-                 f"s={s['http']['zipf_s']} over {s['http']['users']} LDAP users"],
+                 f"Zipf: {s['http']['rounds']} rounds x {s['http']['seconds']} s per stack, "
+                 f"s={s['http']['zipf_s']} over {s['http']['users']} LDAP users; hot: "
+                 f"{s['http'].get('hot_rounds') or s['http']['rounds']} rounds x "
+                 f"{s['http']['hot_seconds']} s per stack, between two noauth halves"],
         ["latency-link", f"{s['latency-link']['delay'] * 1e3:.2f} ms each way through "
                          f"the relay; {s['latency-link']['rounds']} rounds of ~"
                          f"{s['latency-link']['batch_seconds'] * 1000:.0f} ms per case; "
@@ -272,9 +274,11 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
         lines += [targets_note, ""] if targets_note else []
         lines += _table(["requests/s ratio", "meaning", "", "why", "measured", "target"],
                         rows, text=4)
-        lines += ["Hot ratios: the median, over rounds, of each phase's requests/s over a "
-                  "`noauth` phase run just before it (the machine's speed drifts over "
-                  "seconds: each stack is compared with its own baseline). Zipf ratios: "
+        lines += ["Hot ratios: the median, over rounds, of each stack's requests/s over "
+                  "`noauth`'s measured around it: noauth, the stack, the stack, noauth "
+                  "(ABBA, each half a phase), the stack's two halves over the two noauth "
+                  "halves (the machine's speed drifts over seconds: each stack is compared "
+                  "with its own baseline, and a steady drift cancels out). Zipf ratios: "
                   "median of per-round ratios to `uncached` over the warm "
                   "rounds (round 2 on; round 1 starts from an empty cache, and is in the "
                   "tables below).", ""]

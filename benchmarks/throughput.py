@@ -107,6 +107,7 @@ class Settings:
     zipf_s: float
     hot_users: int = 100
     hot_seconds: float = 2.0
+    hot_rounds: int | None = None  # None: ``rounds``
 
 
 # ------------------------------------------------------------------ the server process
@@ -386,24 +387,29 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
               label: str, paired: bool = False) -> dict[str, Any]:
     """Rounds interleaving the stacks; per-phase and summary figures.
 
-    ``paired``: each stack's phase comes right after a ``noauth`` phase of its own, and its
-    ratio to the baseline is taken against that one (on this shared machine the speed
-    drifts over seconds: a baseline measured eight phases earlier is another machine), and
-    every phase is preceded by an unmeasured ``SETTLE_SECONDS`` of the same load, so that
-    what the previous stack left behind (its garbage, a backlog) is not counted against
-    the next one.
+    ``paired``: each stack is measured between two ``noauth`` halves of its own, in the
+    order noauth, stack, stack, noauth (ABBA), each half ``seconds / 2`` long, and its ratio
+    to the baseline is its two halves' requests/s over the two noauth halves'. On this
+    shared machine the speed drifts over seconds (a baseline measured eight phases earlier
+    is another machine); ABBA cancels a steady drift, which "noauth just before" did not.
+    Every change of stack is preceded by an unmeasured ``SETTLE_SECONDS`` of the new
+    stack's load, so that what the previous one left behind (its garbage, a backlog) is
+    not counted against the next.
     """
-    phase_settings = Settings(**{**vars(settings), "seconds": seconds})
+    rounds_run = (settings.hot_rounds or settings.rounds) if paired else settings.rounds
+    phase_settings = Settings(**{**vars(settings), "seconds": seconds / 2 if paired
+                                 else seconds})
     settle_settings = Settings(**{**vars(settings), "seconds": SETTLE_SECONDS})
     phases: list[dict[str, Any]] = []
-    for r in range(settings.rounds):
+    for r in range(rounds_run):
         shift = r % len(targets)
         order = list(targets[shift:] + targets[:shift])
         if paired:
-            order = [t for target in order if target != BASELINE for t in (BASELINE, target)]
-        for target in order:
-            log(f"{label}: {name} round {r + 1}/{settings.rounds} {target}")
-            if paired:
+            order = [t for target in order if target != BASELINE
+                     for t in (BASELINE, target, target, BASELINE)]
+        for position, target in enumerate(order):
+            log(f"{label}: {name} round {r + 1}/{rounds_run} {target}")
+            if paired and (position == 0 or order[position - 1] != target):
                 load_phase(port, target, settle_settings, zipf, headers, seed=r * 10 + 2,
                            client_cpus=client_cpus)
             before = get_json(port, "/_stats")
@@ -437,15 +443,19 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
                 phase["cache_hits"] = (_delta(after, before, target, "cache", "hits")
                                        + phase["local_hits"])
                 phase["cache_misses"] = _delta(after, before, target, "cache", "misses")
-            if paired and target != BASELINE:
-                phase["baseline_rps"] = phases[-1]["rps"]  # the noauth phase just before
             phases.append(phase)
+            if paired and position % 4 == 3:  # an ABBA group is complete
+                first, a, b, last = phases[-4:]
+                ratio = (a["rps"] + b["rps"]) / (first["rps"] + last["rps"])
+                a["rps_over_baseline"] = b["rps_over_baseline"] = ratio
 
-    def of(target: str, r: int) -> dict[str, Any]:
-        return next(p for p in phases if p["round"] == r and p["target"] == target)
+    def rps_of(target: str, r: int) -> float:
+        """The stack's requests/s in round ``r`` (the mean of its halves when paired)."""
+        return statistics.mean(p["rps"] for p in phases
+                               if p["round"] == r and p["target"] == target)
 
-    rounds = range(1, settings.rounds + 1)
-    warm = range(2, settings.rounds + 1) if settings.rounds > 1 else rounds
+    rounds = range(1, rounds_run + 1)
+    warm = range(2, rounds_run + 1) if rounds_run > 1 else rounds
     summary: dict[str, Any] = {}
     for target in targets:
         mine = [p for p in phases if p["target"] == target]
@@ -467,16 +477,16 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
                                                    for p in mine]) for b in backends},
             "rps_over_noauth": (
                 1.0 if target == BASELINE
-                else statistics.median(p["rps"] / p["baseline_rps"] for p in mine) if paired
-                else statistics.median(of(target, r)["rps"] / of(BASELINE, r)["rps"]
+                else statistics.median(p["rps_over_baseline"] for p in mine[::2]) if paired
+                else statistics.median(rps_of(target, r) / rps_of(BASELINE, r)
                                        for r in rounds)),
         }
     speedups, warm_speedups = {}, {}
     for target in filter(is_cached, targets):
         speedups[target] = statistics.median(
-            of(target, r)["rps"] / of("uncached", r)["rps"] for r in rounds)
+            rps_of(target, r) / rps_of("uncached", r) for r in rounds)
         warm_speedups[target] = statistics.median(
-            of(target, r)["rps"] / of("uncached", r)["rps"] for r in warm)
+            rps_of(target, r) / rps_of("uncached", r) for r in warm)
     return {"users": len(zipf.cumulative), "seconds": seconds, "phases": phases,
             "summary": summary, "rps_over_uncached": speedups,
             "rps_over_uncached_warm": warm_speedups,

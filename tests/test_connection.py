@@ -97,6 +97,48 @@ def test_a_plain_socket_is_bounded_by_the_kernel_not_by_poll(memcached):
     connection.close()
 
 
+def test_a_remembered_reply_never_outlives_a_change_of_the_values(memcached):
+    """Replies are remembered by their bytes: the same request answered alike gets the
+    same values (copies); a stored, replaced or deleted value is a new reply, read anew."""
+    reports = Reports()
+    connection = connect_to(memcached, reports)
+    memcached.set_raw("rk1", b"one")
+    memcached.set_raw("rk2", b"two")
+    first = connection.get_multi(["rk1", "rk2", "rk-absent"])
+    assert first == {"rk1": b"one", "rk2": b"two"}
+    first["rk1"] = b"changed by the caller"
+    assert connection.get_multi(["rk1", "rk2", "rk-absent"]) == {"rk1": b"one", "rk2": b"two"}
+    memcached.set_raw("rk1", b"uno")  # the same length: only the bytes differ
+    assert connection.get_multi(["rk1", "rk2", "rk-absent"]) == {"rk1": b"uno", "rk2": b"two"}
+    memcached.set_raw("rk-absent", b"three")
+    assert connection.get_multi(["rk1", "rk2", "rk-absent"]) == {
+        "rk1": b"uno", "rk2": b"two", "rk-absent": b"three"}
+    assert memcached.raw_command(b"delete rk2\r\n") == b"DELETED\r\n"
+    assert connection.get_multi(["rk1", "rk2", "rk-absent"]) == {
+        "rk1": b"uno", "rk-absent": b"three"}
+    # The same reply to another request is no answer to it: the keys are part of the memo.
+    assert connection.get_multi(["rk1"]) == {"rk1": b"uno"}
+    assert reports.messages == []
+    connection.close()
+
+
+def test_remembered_replies_are_bounded_and_only_whole_ones(memcached, monkeypatch):
+    from repoze_who_memcached import connection as module
+
+    monkeypatch.setattr(module, "MAX_REPLIES", 4)
+    connection = connect_to(memcached, Reports())
+    for i in range(10):
+        memcached.set_raw(f"bk{i}", b"v%d" % i)
+        assert connection.get_multi([f"bk{i}"]) == {f"bk{i}": b"v%d" % i}
+        assert len(connection._replies) <= 4
+    connection._replies.clear()
+    memcached.set_raw("big", b"x" * 200_000)  # read in several recvs: parsed each time
+    for _ in range(2):
+        assert connection.get_multi(["big"]) == {"big": b"x" * 200_000}
+    assert connection._replies == {}
+    connection.close()
+
+
 def test_restarted_memcached_is_used_again_without_a_mark(private_memcached):
     reports = Reports()
     connection = connect_to(private_memcached, reports)
