@@ -340,9 +340,15 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
             return None
         if len(stored) != len(generations):
             return None
-        for current, token in zip(generations, stored, strict=True):
-            if type(current) is not bytes or not hmac.compare_digest(current, token.encode()):
-                return None  # invalidated since it was stored
+        # One comparison of all the tokens: the stored ones never hold NUL (only is_token's
+        # alphabet is stored, _store), so equal joins of as many tokens mean equal tokens;
+        # a missing token (None) cannot be joined.
+        try:
+            current = b"\0".join(generations)
+        except TypeError:
+            return None
+        if not hmac.compare_digest(current, "\0".join(stored).encode()):
+            return None  # invalidated since it was stored
         return record
 
     def _store(self, lookup: _Lookup, outcome: Outcome, expires: float | None = None
