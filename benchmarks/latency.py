@@ -279,14 +279,18 @@ def build_components(lab: Any, environ: dict, found: dict, client: str
         pieces.update({
             "_authenticate_items (which identity items key the entry)":
                 lambda: plugin._authenticate_items(identity),
-            "keys.entry_key (encode + HMAC-SHA256 + base64)":
+            "keys.entry_key (remembered: marshal + keyed BLAKE2b + a dict lookup)":
                 lambda: plugin.region.keys.entry_key(method, items, head),
-            "keys.user_generation_key (casefold + encode + HMAC + base64)":
+            "keys.entry_key, made afresh (encode + HMAC-SHA256 + base64)":
+                lambda: plugin.region.keys._entry_key(method, items, head, ""),
+            "keys.user_generation_key (remembered by login)":
                 lambda: plugin.region.keys.user_generation_key("login", LOGIN),
             "_open (sealing.open + generation checks)":
                 lambda: plugin.region._open(entry_key, raw, generations),
-            "sealing.open (AES-GCM decrypt + JSON decode)":
+            "sealing.open (remembered by the sealed bytes)":
                 lambda: plugin.region.sealer.open(entry_key, raw),
+            "sealing.open, afresh (AES-GCM decrypt + JSON decode)":
+                lambda: plugin.region.sealer._open(entry_key, raw),
             "identity.update (restoring the values)":
                 lambda: dict(identity).update(record["v"]),
             "counters.incr": lambda: plugin.counters.incr("hits"),
