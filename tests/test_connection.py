@@ -215,6 +215,47 @@ def test_hung_server_is_bounded_by_socket_timeout_then_skipped(private_memcached
     connection.close()
 
 
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_signals_to_the_main_thread_do_not_stretch_a_hung_servers_wait(private_memcached):
+    """Python retries a ``recv`` a signal interrupted (PEP 475). With a Python timeout the
+    retry waits what is left of it; with the kernel's SO_RCVTIMEO it would wait the whole
+    timeout again, so a process sent a signal more often than ``socket_timeout`` (a
+    profiler's SIGPROF, a supervisor's SIGCHLD or SIGHUP: the kernel hands a process's
+    signals to its main thread) would wait on a hung server for as long as they came."""
+    reports = Reports()
+    connection = connect_to(private_memcached, reports, socket_timeout=0.3)
+    private_memcached.set_raw("k", b"v")
+    assert connection.get_multi(["k"]) == {"k": b"v"}
+    main = threading.get_ident()
+    assert main == threading.main_thread().ident
+    stop = threading.Event()
+    signals_sent = []
+
+    def signal_the_main_thread() -> None:  # for 4 seconds at most
+        give_up = time.monotonic() + 4.0
+        while not stop.wait(0.05) and time.monotonic() < give_up:
+            signal.pthread_kill(main, signal.SIGUSR1)
+            signals_sent.append(1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    pause(private_memcached)
+    sender = threading.Thread(target=signal_the_main_thread)
+    try:
+        sender.start()
+        started = time.monotonic()
+        assert connection.get_multi(["k"]) == {}
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+        private_memcached.resume()
+    assert signals_sent  # the wait was interrupted, again and again
+    assert len(reports.messages) == 1 and "TimeoutError" in reports.messages[0][1]
+    assert elapsed < 2.0  # socket_timeout (0.3), with room for a busy machine; not 4 s
+    connection.close()
+
+
 def test_hung_server_bounds_a_new_connection_too(private_memcached):
     reports = Reports()
     connection = connect_to(private_memcached, reports, socket_timeout=0.2)
