@@ -332,7 +332,8 @@ class MemcachedConnection:
             except BaseException:
                 sock.close()
                 raise
-        if isinstance(sock, ssl.SSLSocket) or not _KERNEL_TIMEOUTS:
+        if (isinstance(sock, ssl.SSLSocket) or not _KERNEL_TIMEOUTS
+                or threading.current_thread() is threading.main_thread()):
             sock.settimeout(self.socket_timeout)
         else:
             _set_kernel_timeouts(sock, self.socket_timeout)
@@ -381,6 +382,15 @@ def _set_kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     timeouts, a ``recv`` that waited ``timeout`` fails with EAGAIN (BlockingIOError): the
     readers above turn it into the TimeoutError a Python timeout raises. Not for TLS: an
     ``ssl`` socket in blocking mode would retry a timed-out read forever.
+
+    Not in the main thread either (a socket belongs to the thread that made it): Python
+    retries a ``recv`` or ``send`` that a signal interrupted (PEP 475), and the kernel's
+    timeout then starts again from the whole of it, where Python's goes on with what is
+    left. The kernel hands a process's signals to its main thread, so a process sent one
+    more often than ``socket_timeout`` (a profiler's SIGPROF, a supervisor's SIGCHLD) would
+    wait on a hung server there for as long as they came. Worker threads (waitress's, every
+    threaded server's), where the hits are, get signals only when one is sent to that
+    thread itself (``pthread_kill``), or when the main thread blocks them.
     """
     seconds = int(timeout)
     microseconds = int((timeout - seconds) * 1_000_000)
