@@ -336,7 +336,8 @@ def _api_of_an_outer_layer(app: Any, **kw: Any) -> Any:
     def layer(environ: dict, start_response: Any) -> Any:
         environ["repoze.who.api"] = _RememberingAPI(
             environ, kw["identifiers"], kw["authenticators"], kw["challengers"],
-            kw["mdproviders"], default_request_classifier, default_challenge_decider)
+            kw["mdproviders"], default_request_classifier, default_challenge_decider,
+            "REMOTE_USER", None)
         return app(environ, start_response)
     return layer
 
