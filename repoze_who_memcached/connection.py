@@ -61,8 +61,9 @@ MAX_VALUE_BYTES = 1 << 20
 """The largest value a reply may announce: memcached's default item size limit, and
 hundreds of times our largest sealed entry. A larger announcement is not memcached's."""
 MAX_REPLIES = 2048
-"""Replies remembered per server (see :func:`fetch_values`): at most about 8 MB, in
-practice a few hundred bytes each (two tokens and an entry)."""
+"""Replies remembered per server (see :func:`fetch_values`): at most about 17 MB (each
+reply is kept with its parsed values, twice its bytes: 2048 replies of 4 KB measured
+17 MiB), in practice a few hundred bytes each (two tokens and an entry)."""
 MAX_REMEMBERED_REPLY_BYTES = 4096
 STALE_CONNECTION = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 """What a reused socket raises when memcached closed it since its last use (a restart)."""
@@ -332,7 +333,8 @@ class MemcachedConnection:
             except BaseException:
                 sock.close()
                 raise
-        if isinstance(sock, ssl.SSLSocket) or not _KERNEL_TIMEOUTS:
+        if (isinstance(sock, ssl.SSLSocket) or not _KERNEL_TIMEOUTS
+                or threading.current_thread() is threading.main_thread()):
             sock.settimeout(self.socket_timeout)
         else:
             _set_kernel_timeouts(sock, self.socket_timeout)
@@ -381,6 +383,15 @@ def _set_kernel_timeouts(sock: socket.socket, timeout: float) -> None:
     timeouts, a ``recv`` that waited ``timeout`` fails with EAGAIN (BlockingIOError): the
     readers above turn it into the TimeoutError a Python timeout raises. Not for TLS: an
     ``ssl`` socket in blocking mode would retry a timed-out read forever.
+
+    Not in the main thread either (a socket belongs to the thread that made it): Python
+    retries a ``recv`` or ``send`` that a signal interrupted (PEP 475), and the kernel's
+    timeout then starts again from the whole of it, where Python's goes on with what is
+    left. The kernel hands a process's signals to its main thread, so a process sent one
+    more often than ``socket_timeout`` (a profiler's SIGPROF, a supervisor's SIGCHLD) would
+    wait on a hung server there for as long as they came. Worker threads (waitress's, every
+    threaded server's), where the hits are, get signals only when one is sent to that
+    thread itself (``pthread_kill``), or when the main thread blocks them.
     """
     seconds = int(timeout)
     microseconds = int((timeout - seconds) * 1_000_000)

@@ -247,6 +247,10 @@ class KeyMaker:
         of the cost. ``marshal`` tells apart everything the canonical encoding does (types
         included; it writes bytes-like objects alike, as the encoding does) and refuses
         subclasses of str, int and float, whose calls are simply not remembered.
+        It also writes any other object with a buffer (an ``array.array``) as its bytes,
+        where the encoding refuses it (:class:`Unencodable`): once the same bytes were
+        remembered, such an item would get their key instead of raising. Callers pass
+        only items :func:`is_encodable` accepted (the plugin checks every identity's).
         """
         try:
             digest = self._entry_memo_hash.copy()

@@ -288,10 +288,13 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
         decider = api.challenge_decider
         if not (response.status.startswith("401 ") if decider is default_challenge_decider
                 else decider(environ, response.status, response.headers)):
-            # API.remember(), without its logging (no logger here)
-            identity = environ.get("repoze.who.identity")
-            identifier = identity.get("identifier") if identity else None
-            response.finish(identifier.remember(environ, identity) if identifier else None)
+            if type(api) is PrebuiltAPI and "remember" not in api.__dict__:
+                # API.remember(), without its logging (no logger here)
+                identity = environ.get("repoze.who.identity")
+                identifier = identity.get("identifier") if identity else None
+                response.finish(identifier.remember(environ, identity) if identifier else None)
+            else:  # an outer layer's API, or a remember() set on it: its own, as stock
+                response.finish(api.remember())
             return app_iter
         close = getattr(app_iter, "close", None)
         challenge_app = api.challenge(response.status, response.headers)

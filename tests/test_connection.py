@@ -83,19 +83,52 @@ def test_hit_and_miss(memcached):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_RCVTIMEO is used on Linux")
-def test_a_plain_socket_is_bounded_by_the_kernel_not_by_poll(memcached):
-    """No ``poll()`` before each send and recv (a Python socket timeout's): the kernel
-    bounds each call; the hung-server tests below show the bound holds."""
+def test_a_worker_threads_plain_socket_is_bounded_by_the_kernel_not_by_poll(memcached):
+    """No ``poll()`` before each send and recv (a Python socket timeout's) in a worker
+    thread: the kernel bounds each call; the hung-server tests below show the bound holds.
+    The main thread keeps Python's timeout (signals land there: see the signal test)."""
     connection = connect_to(memcached, Reports(), socket_timeout=0.25)
-    assert connection.get_multi(["absent"]) == {}
-    sock = connection.thread_socket()
-    assert sock.gettimeout() is None
-    for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-        seconds, microseconds = struct.unpack("@ll", sock.getsockopt(
+
+    def get_and_look() -> tuple[dict, float | None, list[tuple[int, int]]]:
+        found = connection.get_multi(["absent"])
+        sock = connection.thread_socket()
+        assert sock is not None
+        timevals = [struct.unpack("@ll", sock.getsockopt(
             socket.SOL_SOCKET, option, struct.calcsize("@ll")))
+            for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)]
+        return found, sock.gettimeout(), timevals
+
+    [(found, python_timeout, timevals)] = run_at_once(1, get_and_look)
+    assert found == {} and python_timeout is None
+    for seconds, microseconds in timevals:
         assert seconds == 0 and 250_000 <= microseconds <= 260_000  # rounded up to a tick
+    assert connection.get_multi(["absent"]) == {}
+    assert connection.thread_socket().gettimeout() == 0.25  # the main thread's: Python's
     connection.close()
 
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_RCVTIMEO is used on Linux")
+def test_hung_server_is_bounded_by_the_kernels_timeout_in_a_worker_thread(private_memcached):
+    reports = Reports()
+    connection = connect_to(private_memcached, reports, socket_timeout=0.2)
+    private_memcached.set_raw("k", b"v")
+
+    def hit_then_hang() -> float:
+        assert connection.get_multi(["k"]) == {"k": b"v"}
+        assert connection.thread_socket().gettimeout() is None  # the kernel's timeouts
+        pause(private_memcached)
+        started = time.monotonic()
+        assert connection.get_multi(["k"]) == {}
+        return time.monotonic() - started
+
+    try:
+        [elapsed] = run_at_once(1, hit_then_hang)
+    finally:
+        private_memcached.resume()
+    assert not connection.alive
+    assert len(reports.messages) == 1 and "TimeoutError" in reports.messages[0][1]
+    assert elapsed < 2.0  # socket_timeout (0.2), with room for a busy machine
+    connection.close()
 
 def test_a_remembered_reply_never_outlives_a_change_of_the_values(memcached):
     """Replies are remembered by their bytes: the same request answered alike gets the
@@ -212,6 +245,47 @@ def test_hung_server_is_bounded_by_socket_timeout_then_skipped(private_memcached
     assert len(reports.messages) == 1 and "TimeoutError" in reports.messages[0][1]
     assert first < 2.0  # socket_timeout (0.2), with room for a busy machine
     assert later < 0.5  # twenty skips, no waiting
+    connection.close()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_signals_to_the_main_thread_do_not_stretch_a_hung_servers_wait(private_memcached):
+    """Python retries a ``recv`` a signal interrupted (PEP 475). With a Python timeout the
+    retry waits what is left of it; with the kernel's SO_RCVTIMEO it would wait the whole
+    timeout again, so a process sent a signal more often than ``socket_timeout`` (a
+    profiler's SIGPROF, a supervisor's SIGCHLD or SIGHUP: the kernel hands a process's
+    signals to its main thread) would wait on a hung server for as long as they came."""
+    reports = Reports()
+    connection = connect_to(private_memcached, reports, socket_timeout=0.3)
+    private_memcached.set_raw("k", b"v")
+    assert connection.get_multi(["k"]) == {"k": b"v"}
+    main = threading.get_ident()
+    assert main == threading.main_thread().ident
+    stop = threading.Event()
+    signals_sent = []
+
+    def signal_the_main_thread() -> None:  # for 4 seconds at most
+        give_up = time.monotonic() + 4.0
+        while not stop.wait(0.05) and time.monotonic() < give_up:
+            signal.pthread_kill(main, signal.SIGUSR1)
+            signals_sent.append(1)
+
+    previous = signal.signal(signal.SIGUSR1, lambda *_: None)
+    pause(private_memcached)
+    sender = threading.Thread(target=signal_the_main_thread)
+    try:
+        sender.start()
+        started = time.monotonic()
+        assert connection.get_multi(["k"]) == {}
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        sender.join()
+        signal.signal(signal.SIGUSR1, previous)
+        private_memcached.resume()
+    assert signals_sent  # the wait was interrupted, again and again
+    assert len(reports.messages) == 1 and "TimeoutError" in reports.messages[0][1]
+    assert elapsed < 2.0  # socket_timeout (0.3), with room for a busy machine; not 4 s
     connection.close()
 
 

@@ -13,6 +13,7 @@ import tracemalloc
 from typing import Any
 
 import pytest
+from repoze.who.api import API
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.interfaces import (
     IAuthenticator,
@@ -320,3 +321,48 @@ def test_the_api_objects_settings_can_be_set_as_on_stock_repoze_who():
     assert api.authenticate() is None and "REMOTE_USER" not in environ
     assert middleware.api_factory(Request.blank("/", headers={"X-Login-One": "alice"}).environ
                                   ).authenticate()["repoze.who.userid"] == "second:alice"
+
+
+class _RememberingAPI(API):
+    """An API whose remember() is its own (a framework's subclass)."""
+
+    def remember(self, identity: dict | None = None) -> list:
+        return [("X-Remembered-By", "the api's class")]
+
+
+def _api_of_an_outer_layer(app: Any, **kw: Any) -> Any:
+    """A layer in front that puts its API object in the environ first: the middleware
+    below uses that one (repoze.who's ``APIFactory`` takes ``repoze.who.api`` as it is)."""
+    def layer(environ: dict, start_response: Any) -> Any:
+        environ["repoze.who.api"] = _RememberingAPI(
+            environ, kw["identifiers"], kw["authenticators"], kw["challengers"],
+            kw["mdproviders"], default_request_classifier, default_challenge_decider,
+            "REMOTE_USER", None)
+        return app(environ, start_response)
+    return layer
+
+
+def _app_replacing_remember(environ: dict, start_response: Any) -> list[bytes]:
+    """Code holding the request's API replaces its remember() for the request."""
+    environ["repoze.who.api"].remember = lambda identity=None: [("X-Remembered-By", "app")]
+    return seen_app(environ, start_response)
+
+
+@pytest.mark.parametrize("how", ["outer layer's API class", "set on the API by the app"])
+def test_remember_is_the_apis_own_as_on_stock_repoze_who(how):
+    """Stock middleware asks ``api.remember()`` for the response's headers, so an API of
+    another class, or one whose remember() the app replaced, has its own say."""
+    def run(factory: Any) -> tuple[str, list, bytes]:
+        kw = plugins()
+        request = Request.blank("/", headers={"X-Login-One": "alice"})
+        if how == "outer layer's API class":
+            served = _api_of_an_outer_layer(factory(seen_app, **kw), **kw)
+        else:
+            served = factory(_app_replacing_remember, **kw)
+        response = request.get_response(served)
+        return response.status, sorted(response.headerlist), response.body
+
+    expected = run(stock)
+    assert ("X-Remembered-By", "one") not in expected[1]  # the scenario is worth running
+    assert run(ours) == expected
+    assert run(ours_logged) == expected
