@@ -60,8 +60,8 @@ _RECV_BYTES = 65536
 MAX_VALUE_BYTES = 1 << 20
 """The largest value a reply may announce: memcached's default item size limit, and
 hundreds of times our largest sealed entry. A larger announcement is not memcached's."""
-MAX_REPLIES = 2048
-"""Replies remembered per server (see :func:`fetch_values`): at most about 17 MB (each
+MAX_REPLIES = 1024
+"""Replies remembered per server (see :func:`fetch_values`): at most about 9 MB (each
 reply is kept with its parsed values, twice its bytes: 2048 replies of 4 KB measured
 17 MiB), in practice a few hundred bytes each (two tokens and an entry)."""
 MAX_REMEMBERED_REPLY_BYTES = 4096
