@@ -230,9 +230,10 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         for, returned as the tokens' tail). Returns the record (None unless it opens and its
         generations are current) and the tokens as read."""
         found = self.backend.get_multi([entry_key, *generation_keys, *also], route)
-        generations = [found.get(k) for k in generation_keys]
-        record = self._open(entry_key, found.get(entry_key), generations)
-        return record, generations + [found.get(k) for k in also]
+        get = found.get
+        generations = list(map(get, generation_keys))
+        record = self._open(entry_key, get(entry_key), generations)
+        return record, generations + list(map(get, also)) if also else generations
 
     def _fresh_outcome(self, lookup: _Lookup) -> Outcome | None:
         """The answer another thread or process stored meanwhile, if any."""
