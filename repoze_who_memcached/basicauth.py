@@ -35,7 +35,6 @@ MAX_AUTHORIZATION_BYTES = 8192
 
 # C0 controls, DEL and C1 controls: no one types them in a login or password.
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BYTES = re.compile(b"[\x00-\x1f\x7f]")  # the same, for ASCII
 # What a realm may hold: printable ASCII (it goes into a quoted-string of a header).
 try:
     binascii.a2b_base64(b"", strict_mode=True)
@@ -106,14 +105,6 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
             credentials = _strict_b64decode(token.strip(_WHITESPACE_TEXT))
         except (binascii.Error, ValueError):
             return None
-        if credentials.isascii():
-            text = credentials.decode("ascii")
-            if not text.isprintable():  # in ASCII: exactly the control characters
-                return None
-            login, colon, password = text.partition(":")
-            if not colon or not login:
-                return None
-            return {"login": login, "password": password}
         return _credentials_from(credentials)
     if isinstance(header, str):
         if len(header) > MAX_AUTHORIZATION_BYTES:
@@ -140,13 +131,17 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
 
 def _credentials_from(credentials: bytes) -> dict[str, str] | None:
     """The login and password of decoded Basic credentials (``login:password``), or None."""
+    if credentials.isascii():  # the usual case, taken apart as text in one pass
+        text = credentials.decode("ascii")
+        if not text.isprintable():  # in ASCII: exactly the control characters
+            return None
+        login, colon, password = text.partition(":")
+        if not colon or not login:
+            return None
+        return {"login": login, "password": password}
     login_bytes, colon, password_bytes = credentials.partition(b":")
     if not colon or not login_bytes:
         return None
-    if credentials.isascii():
-        if _CONTROL_BYTES.search(credentials):
-            return None
-        return {"login": login_bytes.decode("ascii"), "password": password_bytes.decode("ascii")}
     login = _decode(login_bytes)
     password = _decode(password_bytes)
     if _CONTROL_CHARACTERS.search(login) or _CONTROL_CHARACTERS.search(password):

@@ -35,6 +35,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .memos import remember
+
 if TYPE_CHECKING:
     from .backends import ServerAddress
 
@@ -120,9 +122,7 @@ def fetch_values(sock: Any, keys: Sequence[str], timeout: float | None = None,
             if eol + 2 != len(buf):
                 raise ProtocolError("data after END")
             if replies is not None and buf is first and len(buf) <= MAX_REMEMBERED_REPLY_BYTES:
-                if len(replies) >= MAX_REPLIES:
-                    replies.clear()
-                replies[command, buf] = dict(values)
+                remember(replies, (command, buf), dict(values), MAX_REPLIES)
             return values
         parts = line.split(b" ")
         if parts[0] != b"VALUE" or len(parts) not in (4, 5) or not parts[3].isdigit():

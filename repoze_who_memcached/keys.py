@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigError
+from .memos import remember
 
 KEY_DIGEST_CHARS = 43  # urlsafe base64 of 32 bytes, unpadded
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -264,9 +265,7 @@ class KeyMaker:
                 return key
         key = self._entry_key(method, items, head, tag)
         if memo_key is not None:
-            if len(self._entry_keys) >= ENTRY_KEY_MEMO_SIZE:
-                self._entry_keys.clear()
-            self._entry_keys[memo_key] = key
+            remember(self._entry_keys, memo_key, key, ENTRY_KEY_MEMO_SIZE)
         return key
 
     def _entry_key(self, method: str, items: Iterable[tuple[str, Any]],
@@ -306,9 +305,7 @@ class KeyMaker:
         encode_value(folded, out)
         key = self._key(b"".join(out))
         if memo_key is not None:
-            if len(self._user_keys) >= USER_KEY_MEMO_SIZE:
-                self._user_keys.clear()
-            self._user_keys[memo_key] = key
+            remember(self._user_keys, memo_key, key, USER_KEY_MEMO_SIZE)
         return key
 
     def login_key(self, label: str, login: Any) -> str:

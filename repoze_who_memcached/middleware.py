@@ -32,6 +32,7 @@ from repoze.who.middleware import (
 )
 
 from .errors import ConfigError
+from .memos import remember
 
 _MAX_USER_AGENTS = 1024
 """Classifications remembered by (method, User-Agent, text/xml or not) (see below)."""
@@ -140,9 +141,7 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
         classification = default_request_classifier(environ)
         if type(agent) is str and len(agent) > _MAX_REMEMBERED_AGENT_CHARS:
             return classification
-        if len(memo) >= _MAX_USER_AGENTS:
-            memo.clear()
-        memo[what] = classification
+        remember(memo, what, classification, _MAX_USER_AGENTS)
         return classification
 
     return classify

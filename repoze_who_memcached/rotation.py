@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .keys import USER_KEY_MEMO_SIZE, Unencodable, encode_value, ldap_normal_form
+from .memos import remember
 from .records import EXPIRES as _EXPIRES
 from .records import POSITIVE as _POSITIVE
 from .records import USERID as _USERID
@@ -57,9 +58,7 @@ class SecretRotation:
             return None
         route = "route:" + hashlib.sha256(b"".join(out)).hexdigest()[:32]
         if memo_key is not None:
-            if len(self._routes) >= USER_KEY_MEMO_SIZE:
-                self._routes.clear()
-            self._routes[memo_key] = route
+            remember(self._routes, memo_key, route, USER_KEY_MEMO_SIZE)
         return route
 
     def _previous_keys(self, items: Sequence[tuple[str, Any]], head: bytes,

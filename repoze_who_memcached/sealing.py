@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .keys import derive_subkey
+from .memos import remember
 
 FORMAT_VERSION = b"\x01"
 NONCE_BYTES = 12
@@ -73,10 +74,7 @@ class Sealer:
                 return known[1]
         record = self._open(key, sealed)
         if type(sealed) is bytes and len(sealed) <= _OPENED_MEMO_MAX_BYTES:
-            opened = self._opened
-            if len(opened) >= OPENED_MEMO_ENTRIES:
-                opened.clear()
-            opened[sealed] = (key, record)
+            remember(self._opened, sealed, (key, record), OPENED_MEMO_ENTRIES)
         return record
 
     def _open(self, key: str, sealed: Any) -> dict[str, Any]:

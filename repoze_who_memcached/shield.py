@@ -25,6 +25,7 @@ from typing import Any
 from .backends import CacheBackend
 from .counters import Counters
 from .keys import KeyMaker
+from .memos import remember
 
 logger = logging.getLogger("repoze_who_memcached")
 
@@ -72,9 +73,7 @@ class LockoutShield:
         with self._lock:
             if now - self._warned.get(key, -1e18) < self.failure_window:
                 return
-            if len(self._warned) >= _WARNED_MEMO:
-                self._warned.clear()
-            self._warned[key] = now
+            remember(self._warned, key, now, _WARNED_MEMO)
         # As directories log locked accounts; cut short (a login field can hold anything).
         logger.warning("cache %s: login %.64r had %d denials within %ds: refusing its "
                        "uncached logins without asking the backend until the window ends",
