@@ -80,11 +80,35 @@ class PrebuiltAPIFactory(APIFactory):
         self.classify: Callable[[dict], Any] = (
             _remembering_default_classifier() if request_classifier is default_request_classifier
             else request_classifier or _no_classification)
+        # The request's API object is of a class made for this factory: the settings are
+        # its class attributes (read as the factory's, replaceable per request as on stock
+        # API, where they are instance attributes), so a request sets only what is its own.
+        # The classification is left until read when nothing depends on it (no logger, the
+        # default classifier, no plugin restricted to some classifications): then only code
+        # that reads ``api.classification`` itself would see it, and it sees what the
+        # classifier says of the request.
+        # (Each wrapped in staticmethod: a function, such as the challenge decider, must not
+        # become a method of the API object.)
+        api_settings = {name: staticmethod(getattr(self, name)) for name in API_SETTINGS}
+        self.api_class: type[PrebuiltAPI] = type("PrebuiltAPI", (PrebuiltAPI,), {
+            "__module__": __name__, "__doc__": PrebuiltAPI.__doc__, "factory": self,
+            "classify_at_once": bool(logger or self.unclassified is None
+                                     or request_classifier is not default_request_classifier),
+            **api_settings,
+        })
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A setting changed on the factory reaches the API objects it makes from then on, as
+        # it does on stock APIFactory (which hands every API object its current settings).
+        super().__setattr__(name, value)
+        api_class = self.__dict__.get("api_class")
+        if api_class is not None and name in API_SETTINGS:
+            setattr(api_class, name, staticmethod(value))
 
     def __call__(self, environ: dict) -> API:
         api = environ.get("repoze.who.api")
         if api is None:
-            api = environ["repoze.who.api"] = PrebuiltAPI(environ, self)
+            api = environ["repoze.who.api"] = self.api_class(environ)
         return api
 
     def plugins_for(self, classification: Any) -> PluginsFor:
@@ -147,31 +171,44 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
     return classify
 
 
+API_SETTINGS = ("interface_registry", "name_registry", "identifiers", "authenticators",
+                "challengers", "mdproviders", "challenge_decider", "remote_user_key", "logger")
+"""What stock ``API.__init__`` stores from its factory's configuration."""
+
+
+class _ClassifiedWhenRead:
+    """``api.classification``, asked of the factory's classifier on first read (see
+    :class:`PrebuiltAPIFactory`); stored on the API object like any attribute after."""
+
+    def __get__(self, api: PrebuiltAPI | None, owner: type) -> Any:
+        if api is None:
+            return self
+        classification = api.__dict__["classification"] = api.factory.classify(api.environ)
+        return classification
+
+
 class PrebuiltAPI(API):
     """repoze.who's API object over a :class:`PrebuiltAPIFactory`'s registries.
 
     Every public method is repoze.who's, and behaves as it does; :meth:`authenticate` runs
-    over the plugin lists matched at load time when no logger is set.
+    over the plugin lists matched at load time when no logger is set. Made by a factory's
+    ``api_class`` (``factory(environ)``), whose class attributes are its settings.
     """
 
-    def __init__(self, environ: dict, factory: PrebuiltAPIFactory) -> None:
-        # repoze.who's API.__init__ minus the per-request verification. The settings are
-        # plain attributes, as on stock API (code holding the request's API may replace
-        # one); copying them costs less than reading them through a descriptor would.
+    factory: PrebuiltAPIFactory
+    classify_at_once: bool
+    classification = _ClassifiedWhenRead()
+
+    def __init__(self, environ: dict) -> None:
+        # repoze.who's API.__init__ minus the per-request verification and the copying of
+        # settings (class attributes here). The name registry is the request's own copy, as
+        # stock's is: the app may change it.
         self.environ = environ
-        self.factory = factory
-        self.interface_registry = factory.interface_registry
-        self.name_registry = dict(factory.name_registry)  # the app may change its copy
-        self.identifiers = factory.identifiers
-        self.authenticators = factory.authenticators
-        self.challengers = factory.challengers
-        self.mdproviders = factory.mdproviders
-        self.challenge_decider = factory.challenge_decider
-        self.remote_user_key = factory.remote_user_key
-        self.logger = factory.logger
-        self.classification = factory.classify(environ)
-        if self.logger:
-            self.logger.info(f"request classification: {self.classification}")
+        self.name_registry = dict(self.name_registry)
+        if self.classify_at_once:
+            self.classification = self.factory.classify(environ)
+            if self.logger:
+                self.logger.info(f"request classification: {self.classification}")
 
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried
@@ -212,41 +249,33 @@ class PrebuiltAPI(API):
         return identity
 
 
-class _ResponseStart:
-    """The ``start_response`` the app is given: holds status and headers until the
-    middleware knows whether to challenge (repoze.who's ``StartResponseWrapper``, without
-    its per-request ``io.StringIO``; what the app writes through ``write`` is bytes, and is
-    passed on as such)."""
+class _ReleasingBody(list):
+    """A response body that was a list, which at ``close()`` (PEP 3333: the server calls it
+    when the request is done) takes this request's API object out of the environ.
 
-    __slots__ = ("called", "exc_info", "headers", "start_response", "status", "written")
+    The API object holds the environ (``api.environ``) and the environ the API object: a
+    reference cycle, which stock repoze.who leaves for the cyclic garbage collector, with
+    everything the environ holds. Under load that is a collection every hundred requests or
+    so, and now and then a full one, which walks every object of the process (the caches'
+    memos among them): it cost our near-cache hits about a fifth of their time over HTTP.
+    Broken at close(), each request's objects are freed by reference counting as it ends.
+    """
 
-    def __init__(self, start_response: Callable[..., Any]) -> None:
-        self.start_response = start_response
-        self.status: str | None = None
-        self.headers: list[tuple[str, str]] = []
-        self.exc_info: Any = None
-        self.called = False
-        self.written: list[bytes] | None = None
+    __slots__ = ("environ",)
+    environ: dict
 
-    def __call__(self, status: str, headers: list[tuple[str, str]],
-                 exc_info: Any = None) -> Callable[[bytes], None]:
-        self.status = status
-        self.headers = headers
-        self.exc_info = exc_info
-        self.called = True
-        return self.write
+    def close(self) -> None:
+        self.environ.pop("repoze.who.api", None)
 
-    def write(self, data: bytes) -> None:
-        if self.written is None:
-            self.written = []
-        self.written.append(data)
 
-    def finish(self, extra_headers: Iterable[tuple[str, str]] | None) -> None:
-        headers = self.headers + list(extra_headers) if extra_headers else self.headers
-        write = self.start_response(self.status, headers, self.exc_info)
-        if write and self.written:
-            for chunk in self.written:
-                write(chunk)
+def _releasing(app_iter: Any, environ: dict) -> Any:
+    """``app_iter`` as a :class:`_ReleasingBody` if it is a list, else as it is (an iterable
+    of another kind keeps the cycle, as on stock repoze.who)."""
+    if type(app_iter) is not list:
+        return app_iter
+    body = _ReleasingBody(app_iter)
+    body.environ = environ
+    return body
 
 
 class AuthMiddleware(PluggableAuthenticationMiddleware):
@@ -266,6 +295,8 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             identifiers, authenticators, challengers, mdproviders, request_classifier,
             challenge_decider, remote_user_key, self.logger,
         )
+        self.lean_api_class = self.api_factory.api_class
+        """API objects of this class, with no remember() of their own, remember inline."""
         self.cache_plugins = list(cache_plugins)  # our caches inside (for the CLI, benchmarks)
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -273,6 +304,7 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             return super().__call__(environ, start_response)
         if self.remote_user_key in environ:
             return self.app(environ, start_response)  # already authenticated upstream
+        made_here = "repoze.who.api" not in environ  # else an outer layer's: not ours to drop
         api = self.api_factory(environ)
         environ["repoze.who.plugins"] = api.name_registry
         environ["repoze.who.logger"] = None
@@ -280,23 +312,41 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
         api.authenticate()
         # An identifier may replace the downstream app (to redirect, or answer 401 itself).
         app = environ.pop("repoze.who.application")
-        response = _ResponseStart(start_response)
-        app_iter = app(environ, response)
-        if not response.called:  # the app starts its response at its first iteration
+
+        # The app's start_response is held until we know whether to challenge (repoze.who's
+        # StartResponseWrapper, as a closure and without its per-request io.StringIO: what
+        # the app writes through ``write`` is bytes, and is passed on as such).
+        started: tuple[str, list[tuple[str, str]], Any] | None = None
+        written: list[bytes] = []
+
+        def hold_response(status: str, headers: list[tuple[str, str]],
+                          exc_info: Any = None) -> Callable[[bytes], None]:
+            nonlocal started
+            started = (status, headers, exc_info)
+            return written.append
+
+        app_iter = app(environ, hold_response)
+        if started is None:  # the app starts its response at its first iteration
             app_iter = wrap_generator(app_iter)
+        status, headers, exc_info = started  # type: ignore[misc]
         decider = api.challenge_decider
-        if not (response.status.startswith("401 ") if decider is default_challenge_decider
-                else decider(environ, response.status, response.headers)):
-            if type(api) is PrebuiltAPI and "remember" not in api.__dict__:
+        if not (status.startswith("401 ") if decider is default_challenge_decider
+                else decider(environ, status, headers)):
+            if type(api) is self.lean_api_class and "remember" not in api.__dict__:
                 # API.remember(), without its logging (no logger here)
                 identity = environ.get("repoze.who.identity")
                 identifier = identity.get("identifier") if identity else None
-                response.finish(identifier.remember(environ, identity) if identifier else None)
+                extra = identifier.remember(environ, identity) if identifier else None
             else:  # an outer layer's API, or a remember() set on it: its own, as stock
-                response.finish(api.remember())
-            return app_iter
+                extra = api.remember()
+            write = start_response(status, headers + list(extra) if extra else headers,
+                                   exc_info)
+            if written and write:
+                for chunk in written:
+                    write(chunk)
+            return _releasing(app_iter, environ) if made_here else app_iter
         close = getattr(app_iter, "close", None)
-        challenge_app = api.challenge(response.status, response.headers)
+        challenge_app = api.challenge(status, headers)
         if challenge_app is None:
             if close is not None:
                 close()
@@ -305,4 +355,5 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             list(app_iter)  # unwind the app's response (PEP 3333: then close it)
         if close is not None:
             close()
-        return challenge_app(environ, start_response)
+        challenge_iter = challenge_app(environ, start_response)
+        return _releasing(challenge_iter, environ) if made_here else challenge_iter
