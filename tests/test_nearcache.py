@@ -93,6 +93,20 @@ def test_miss_then_local_hits_call_the_backend_once(memcached):
     assert plugin.counters.hit_ratio() == 0.75
 
 
+def test_an_identity_with_repoze_whos_bookkeeping_is_served_from_memory_too(memcached):
+    """An authenticator after another that succeeded sees ``repoze.who.userid`` in the
+    identity (stock repoze.who stamps it): its key leaves that item out, as the entry's does,
+    and the dict of a plain login is not mistaken for it."""
+    backend = CountingAuthenticator()
+    plugin = near_plugin(memcached, backend)
+    stamped = {"repoze.who.userid": "someone"}
+    seen = [auth(plugin, **stamped), auth(plugin, **stamped), auth(plugin), auth(plugin)]
+    assert seen == [("user:alice", "miss"), ("user:alice", "local_hit"),
+                    ("user:alice", "hit"), ("user:alice", "local_hit")]
+    assert backend.calls == 1
+    assert auth(plugin, "alice", "wrong", **stamped)[0] is None
+
+
 def test_memcached_hit_is_kept_in_memory_too(memcached):
     """Another process stored the answer: ours reads it once from memcached, then from memory."""
     assert auth(near_plugin(memcached, CountingAuthenticator())) == ("user:alice", "miss")
@@ -678,10 +692,12 @@ def test_near_keys_hold_no_credentials_and_differ_between_processes(memcached):
     (key_two,) = two._near._entries
     assert isinstance(key_one, bytes) and len(key_one) == 16
     assert key_one != key_two  # a random key per process
-    items = sorted({"login": "zoë", "password": "pässwörd"}.items())
-    assert one._near.key(AUTHENTICATE, items) == key_one  # stable within the process
-    assert one._near.key(AUTHENTICATE, [("login", "zoë"), ("password", "x")]) != key_one
-    assert one._near.key(ADD_METADATA, items) != key_one
+    # Stable within the process: a login's key is its identity dict's (as it comes).
+    identity = {"login": "zoë", "password": "pässwörd"}
+    assert one._near.key(AUTHENTICATE, identity) == key_one
+    assert one._near.key(AUTHENTICATE, {"login": "zoë", "password": "x"}) != key_one
+    assert one._near.key(AUTHENTICATE, sorted(identity.items())) != key_one  # another type
+    assert one._near.key(ADD_METADATA, identity) != key_one
     for text in ("zoë", "pässwörd"):
         for encoding in ("utf-8", "latin-1", "utf-16-le"):
             assert text.encode(encoding) not in key_one
