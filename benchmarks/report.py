@@ -134,7 +134,7 @@ def _header(results: dict[str, Any]) -> list[str]:
                     "batch; cProfile over "
                     f"{s['latency']['profile_calls']} hits per client"],
         ["HTTP", f"waitress ({s['http']['server_threads']} threads) in a subprocess; "
-                 f"{s['http']['client_threads']} client threads, http.client keep-alive; "
+                 f"{s['http']['client_threads']} client threads on raw keep-alive sockets; "
                  f"Zipf: {s['http']['rounds']} rounds x {s['http']['seconds']} s per stack, "
                  f"s={s['http']['zipf_s']} over {s['http']['users']} LDAP users; hot: "
                  f"{s['http'].get('hot_rounds') or s['http']['rounds']} rounds x "
