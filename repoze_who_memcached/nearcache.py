@@ -42,7 +42,10 @@ _MARSHAL_VERSION = 2
 
 def is_mutable(values: dict[str, Any]) -> bool:
     """True if any value could be changed in place (a list, a dict...)."""
-    return not all(isinstance(v, _IMMUTABLE_TYPES) for v in values.values())
+    for value in values.values():  # noqa: SIM110 - a loop, not a generator: every hit asks
+        if not isinstance(value, _IMMUTABLE_TYPES):
+            return True
+    return False
 
 
 def copy_if_mutable(values: dict[str, Any]) -> dict[str, Any]:
