@@ -366,3 +366,25 @@ def test_remember_is_the_apis_own_as_on_stock_repoze_who(how):
     assert ("X-Remembered-By", "one") not in expected[1]  # the scenario is worth running
     assert run(ours) == expected
     assert run(ours_logged) == expected
+
+
+def _method_overriding_app(environ: dict, start_response: Any) -> list[bytes]:
+    """An app behind a method override (Routes' ``_method``, X-HTTP-Method-Override): the
+    environ's method is changed before the app asks how repoze.who classified the request."""
+    environ["REQUEST_METHOD"] = "PUT"
+    environ["CONTENT_TYPE"] = "application/json"
+    body = repr(environ["repoze.who.api"].classification).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def test_the_classification_is_the_requests_as_it_came_as_on_stock_repoze_who():
+    """Stock ``API`` classifies the request when it is made: what the app sees is what the
+    classifier said of the request as it came in, whatever the environ became since."""
+    def run(factory: Any) -> bytes:
+        request = Request.blank("/", method="POST", content_type="text/xml", body=b"<x/>")
+        return request.get_response(factory(_method_overriding_app, **plugins())).body
+
+    assert run(stock) == b"'xmlpost'"
+    assert run(ours) == b"'xmlpost'"
+    assert run(ours_logged) == b"'xmlpost'"
