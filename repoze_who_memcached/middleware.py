@@ -83,17 +83,14 @@ class PrebuiltAPIFactory(APIFactory):
         # The request's API object is of a class made for this factory: the settings are
         # its class attributes (read as the factory's, replaceable per request as on stock
         # API, where they are instance attributes), so a request sets only what is its own.
-        # The classification is left until read when nothing depends on it (no logger, the
-        # default classifier, no plugin restricted to some classifications): then only code
-        # that reads ``api.classification`` itself would see it, and it sees what the
-        # classifier says of the request.
+        # (The classification is the request's own, made when its API object is: as on
+        # stock API, it is what the classifier said of the request as it came in, even if
+        # the app changes the environ before reading it, as a method override does.)
         # (Each wrapped in staticmethod: a function, such as the challenge decider, must not
         # become a method of the API object.)
         api_settings = {name: staticmethod(getattr(self, name)) for name in API_SETTINGS}
         self.api_class: type[PrebuiltAPI] = type("PrebuiltAPI", (PrebuiltAPI,), {
             "__module__": __name__, "__doc__": PrebuiltAPI.__doc__, "factory": self,
-            "classify_at_once": bool(logger or self.unclassified is None
-                                     or request_classifier is not default_request_classifier),
             **api_settings,
         })
 
@@ -176,17 +173,6 @@ API_SETTINGS = ("interface_registry", "name_registry", "identifiers", "authentic
 """What stock ``API.__init__`` stores from its factory's configuration."""
 
 
-class _ClassifiedWhenRead:
-    """``api.classification``, asked of the factory's classifier on first read (see
-    :class:`PrebuiltAPIFactory`); stored on the API object like any attribute after."""
-
-    def __get__(self, api: PrebuiltAPI | None, owner: type) -> Any:
-        if api is None:
-            return self
-        classification = api.__dict__["classification"] = api.factory.classify(api.environ)
-        return classification
-
-
 class PrebuiltAPI(API):
     """repoze.who's API object over a :class:`PrebuiltAPIFactory`'s registries.
 
@@ -196,8 +182,6 @@ class PrebuiltAPI(API):
     """
 
     factory: PrebuiltAPIFactory
-    classify_at_once: bool
-    classification = _ClassifiedWhenRead()
 
     def __init__(self, environ: dict) -> None:
         # repoze.who's API.__init__ minus the per-request verification and the copying of
@@ -205,10 +189,9 @@ class PrebuiltAPI(API):
         # stock's is: the app may change it.
         self.environ = environ
         self.name_registry = dict(self.name_registry)
-        if self.classify_at_once:
-            self.classification = self.factory.classify(environ)
-            if self.logger:
-                self.logger.info(f"request classification: {self.classification}")
+        self.classification = self.factory.classify(environ)
+        if self.logger:
+            self.logger.info(f"request classification: {self.classification}")
 
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried
