@@ -388,3 +388,22 @@ def test_the_classification_is_the_requests_as_it_came_as_on_stock_repoze_who():
     assert run(stock) == b"'xmlpost'"
     assert run(ours) == b"'xmlpost'"
     assert run(ours_logged) == b"'xmlpost'"
+
+
+@pytest.mark.parametrize("setting", ["identifiers", "request_classifier"])
+def test_settings_set_on_the_factory_later_take_effect_as_on_stock_repoze_who(setting):
+    """Stock ``APIFactory`` hands each API object its settings as they are now: plugins or a
+    classifier set on it after start-up are the next request's (tests and apps do)."""
+    def run(factory: Any) -> bytes:
+        middleware = factory(seen_app, **plugins(classified=True))
+        if setting == "identifiers":
+            middleware.api_factory.identifiers = [("three", HeaderIdentifier("three"))]
+            headers = {"X-Login-Three": "bob"}
+        else:  # every request a WebDAV one: "second" (browser only) no longer takes part
+            middleware.api_factory.request_classifier = lambda environ: "dav"
+            headers = {"X-Login-One": "bob"}
+        return Request.blank("/", headers=headers).get_response(middleware).body
+
+    expected = run(stock)
+    assert expected.startswith(b"(None," if setting == "request_classifier" else b"('second:bob'")
+    assert run(ours) == expected
