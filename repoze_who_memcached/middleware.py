@@ -64,9 +64,14 @@ class PrebuiltAPIFactory(APIFactory):
                  logger=None) -> None:
         super().__init__(identifiers, authenticators, challengers, mdproviders,
                          request_classifier, challenge_decider, remote_user_key, logger)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build what every request uses from the plugins and the classifier: at start-up,
+        and again when one of them is set on the factory (see :meth:`__setattr__`)."""
         try:
             self.interface_registry, self.name_registry = make_registries(
-                identifiers, authenticators, challengers, mdproviders
+                self.identifiers, self.authenticators, self.challengers, self.mdproviders
             )
         except ValueError as exc:
             raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
@@ -74,12 +79,15 @@ class PrebuiltAPIFactory(APIFactory):
         self.unclassified: PluginsFor | None = None
         """The plugin lists of every request, when no plugin restricts itself to some
         classifications (the usual case): no matching at all per request."""
-        every = (*identifiers, *authenticators, *challengers, *mdproviders)
+        every = (*self.identifiers, *self.authenticators, *self.challengers, *self.mdproviders)
         if not any(getattr(plugin, "classifications", None) for _, plugin in every):
             self.unclassified = self.plugins_for(None)
+        request_classifier = self.request_classifier
         self.classify: Callable[[dict], Any] = (
             _remembering_default_classifier() if request_classifier is default_request_classifier
             else request_classifier or _no_classification)
+        if "api_class" in self.__dict__:
+            return  # its settings were set as they changed
         # The request's API object is of a class made for this factory: the settings are
         # its class attributes (read as the factory's, replaceable per request as on stock
         # API, where they are instance attributes), so a request sets only what is its own.
@@ -96,11 +104,16 @@ class PrebuiltAPIFactory(APIFactory):
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A setting changed on the factory reaches the API objects it makes from then on, as
-        # it does on stock APIFactory (which hands every API object its current settings).
+        # it does on stock APIFactory (which hands every API object its current settings);
+        # new plugins or a new classifier are verified and matched as at start-up.
         super().__setattr__(name, value)
         api_class = self.__dict__.get("api_class")
-        if api_class is not None and name in API_SETTINGS:
+        if api_class is None:
+            return  # still being built
+        if name in API_SETTINGS:
             setattr(api_class, name, staticmethod(value))
+        if name in _PREPARED_FROM:
+            self._prepare()
 
     def __call__(self, environ: dict) -> API:
         api = environ.get("repoze.who.api")
@@ -171,6 +184,9 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
 API_SETTINGS = ("interface_registry", "name_registry", "identifiers", "authenticators",
                 "challengers", "mdproviders", "challenge_decider", "remote_user_key", "logger")
 """What stock ``API.__init__`` stores from its factory's configuration."""
+_PREPARED_FROM = frozenset({"identifiers", "authenticators", "challengers", "mdproviders",
+                            "request_classifier"})
+"""The factory's settings that :meth:`PrebuiltAPIFactory._prepare` builds from."""
 
 
 class PrebuiltAPI(API):
