@@ -7,12 +7,18 @@ responses and what the app saw must be the same. Pure logic: plugins are small f
 
 from __future__ import annotations
 
+import gc
+import http.client
 import io
 import logging
+import threading
+import time
 import tracemalloc
+import weakref
 from typing import Any
 
 import pytest
+import waitress
 from repoze.who.api import API
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.interfaces import (
@@ -407,3 +413,44 @@ def test_settings_set_on_the_factory_later_take_effect_as_on_stock_repoze_who(se
     expected = run(stock)
     assert expected.startswith(b"(None," if setting == "request_classifier" else b"('second:bob'")
     assert run(ours) == expected
+
+
+def _api_recording_app(refs: list) -> Any:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        refs.append(weakref.ref(environ["repoze.who.api"]))
+        return seen_app(environ, start_response)
+    return app
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/", 200), ("HEAD", "/", 200), ("GET", "/private", 401),
+], ids=["served", "head", "challenged"])
+def test_a_served_requests_api_object_is_freed_when_it_ends(method, path, status):
+    """Through a real waitress server, with the cyclic garbage collector off: the server's
+    close() of a list body takes the API object out of the environ, so reference counting
+    frees it (stock repoze.who leaves an environ <-> API cycle for the collector)."""
+    refs: list = []
+    server = waitress.create_server(AuthMiddleware(_api_recording_app(refs), **plugins()),
+                                    host="127.0.0.1", port=0, threads=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    gc.disable()
+    try:
+        for login in ("alice", None):
+            connection = http.client.HTTPConnection("127.0.0.1", server.effective_port,
+                                                    timeout=10)
+            connection.request(method, path, headers={"X-Login-One": login} if login else {})
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            expected = 200 if login else status
+            assert response.status == expected
+            for _ in range(500):  # the server closes the body after sending it
+                if refs[-1]() is None:
+                    break
+                time.sleep(0.01)
+            assert refs[-1]() is None, f"{method} {path} as {login}: the API object lives on"
+    finally:
+        gc.enable()
+        server.close()
+        thread.join(timeout=10)
