@@ -67,9 +67,14 @@ class PrebuiltAPIFactory(APIFactory):
                  logger=None) -> None:
         super().__init__(identifiers, authenticators, challengers, mdproviders,
                          request_classifier, challenge_decider, remote_user_key, logger)
+        self._prepare()
+
+    def _prepare(self) -> None:
+        """Build what every request uses from the plugins and the classifier: at start-up,
+        and again when one of them is set on the factory (see :meth:`__setattr__`)."""
         try:
             self.interface_registry, self.name_registry = make_registries(
-                identifiers, authenticators, challengers, mdproviders
+                self.identifiers, self.authenticators, self.challengers, self.mdproviders
             )
         except ValueError as exc:
             raise ConfigError(f"a plugin does not implement its interface: {exc}") from None
@@ -77,36 +82,41 @@ class PrebuiltAPIFactory(APIFactory):
         self.unclassified: PluginsFor | None = None
         """The plugin lists of every request, when no plugin restricts itself to some
         classifications (the usual case): no matching at all per request."""
-        every = (*identifiers, *authenticators, *challengers, *mdproviders)
+        every = (*self.identifiers, *self.authenticators, *self.challengers, *self.mdproviders)
         if not any(getattr(plugin, "classifications", None) for _, plugin in every):
             self.unclassified = self.plugins_for(None)
+        request_classifier = self.request_classifier
         self.classify: Callable[[dict], Any] = (
             _remembering_default_classifier() if request_classifier is default_request_classifier
             else request_classifier or _no_classification)
+        if "api_class" in self.__dict__:
+            return  # its settings were set as they changed
         # The request's API object is of a class made for this factory: the settings are
         # its class attributes (read as the factory's, replaceable per request as on stock
         # API, where they are instance attributes), so a request sets only what is its own.
-        # The classification is left until read when nothing depends on it (no logger, the
-        # default classifier, no plugin restricted to some classifications): then only code
-        # that reads ``api.classification`` itself would see it, and it sees what the
-        # classifier says of the request.
+        # (The classification is the request's own, made when its API object is: as on
+        # stock API, it is what the classifier said of the request as it came in, even if
+        # the app changes the environ before reading it, as a method override does.)
         # (Each wrapped in staticmethod: a function, such as the challenge decider, must not
         # become a method of the API object.)
         api_settings = {name: staticmethod(getattr(self, name)) for name in API_SETTINGS}
         self.api_class: type[PrebuiltAPI] = type("PrebuiltAPI", (PrebuiltAPI,), {
             "__module__": __name__, "__doc__": PrebuiltAPI.__doc__, "factory": self,
-            "classify_at_once": bool(logger or self.unclassified is None
-                                     or request_classifier is not default_request_classifier),
             **api_settings,
         })
 
     def __setattr__(self, name: str, value: Any) -> None:
         # A setting changed on the factory reaches the API objects it makes from then on, as
-        # it does on stock APIFactory (which hands every API object its current settings).
+        # it does on stock APIFactory (which hands every API object its current settings);
+        # new plugins or a new classifier are verified and matched as at start-up.
         super().__setattr__(name, value)
         api_class = self.__dict__.get("api_class")
-        if api_class is not None and name in API_SETTINGS:
+        if api_class is None:
+            return  # still being built
+        if name in API_SETTINGS:
             setattr(api_class, name, staticmethod(value))
+        if name in _PREPARED_FROM:
+            self._prepare()
 
     def __call__(self, environ: dict) -> API:
         api = environ.get("repoze.who.api")
@@ -177,17 +187,9 @@ def _remembering_default_classifier() -> Callable[[dict], str]:
 API_SETTINGS = ("interface_registry", "name_registry", "identifiers", "authenticators",
                 "challengers", "mdproviders", "challenge_decider", "remote_user_key", "logger")
 """What stock ``API.__init__`` stores from its factory's configuration."""
-
-
-class _ClassifiedWhenRead:
-    """``api.classification``, asked of the factory's classifier on first read (see
-    :class:`PrebuiltAPIFactory`); stored on the API object like any attribute after."""
-
-    def __get__(self, api: PrebuiltAPI | None, owner: type) -> Any:
-        if api is None:
-            return self
-        classification = api.__dict__["classification"] = api.factory.classify(api.environ)
-        return classification
+_PREPARED_FROM = frozenset({"identifiers", "authenticators", "challengers", "mdproviders",
+                            "request_classifier"})
+"""The factory's settings that :meth:`PrebuiltAPIFactory._prepare` builds from."""
 
 
 class PrebuiltAPI(API):
@@ -199,8 +201,6 @@ class PrebuiltAPI(API):
     """
 
     factory: PrebuiltAPIFactory
-    classify_at_once: bool
-    classification = _ClassifiedWhenRead()
 
     def __init__(self, environ: dict) -> None:
         # repoze.who's API.__init__ minus the per-request verification and the copying of
@@ -208,10 +208,9 @@ class PrebuiltAPI(API):
         # stock's is: the app may change it.
         self.environ = environ
         self.name_registry = dict(self.name_registry)
-        if self.classify_at_once:
-            self.classification = self.factory.classify(environ)
-            if self.logger:
-                self.logger.info(f"request classification: {self.classification}")
+        self.classification = self.factory.classify(environ)
+        if self.logger:
+            self.logger.info(f"request classification: {self.classification}")
 
     def authenticate(self) -> Identity | None:
         """See repoze.who's ``IAPI.authenticate``: every identity any identifier finds, tried

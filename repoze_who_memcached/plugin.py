@@ -269,10 +269,11 @@ class CachingPlugin:
                 # Keyed on the identity's items as they come (no sorting, no type checks:
                 # marshal refuses what it can't encode): at worst a finer key than the
                 # entry's, never a coarser one. The usual identity (a login and password,
-                # nothing of repoze.who's) is encoded as the dict it is.
+                # nothing of repoze.who's) is encoded as the dict it is; only a dict itself
+                # (marshal refuses subclasses and other mappings: their items key them).
                 if self.key_items is not None:
                     near_items: Any = [(n, identity.get(n)) for n in self.key_items]
-                elif BOOKKEEPING_ITEMS.isdisjoint(identity):
+                elif type(identity) is dict and BOOKKEEPING_ITEMS.isdisjoint(identity):
                     near_items = identity
                 else:
                     near_items = [(n, v) for n, v in identity.items()

@@ -7,12 +7,18 @@ responses and what the app saw must be the same. Pure logic: plugins are small f
 
 from __future__ import annotations
 
+import gc
+import http.client
 import io
 import logging
+import threading
+import time
 import tracemalloc
+import weakref
 from typing import Any
 
 import pytest
+import waitress
 from repoze.who.api import API
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.interfaces import (
@@ -366,3 +372,85 @@ def test_remember_is_the_apis_own_as_on_stock_repoze_who(how):
     assert ("X-Remembered-By", "one") not in expected[1]  # the scenario is worth running
     assert run(ours) == expected
     assert run(ours_logged) == expected
+
+
+def _method_overriding_app(environ: dict, start_response: Any) -> list[bytes]:
+    """An app behind a method override (Routes' ``_method``, X-HTTP-Method-Override): the
+    environ's method is changed before the app asks how repoze.who classified the request."""
+    environ["REQUEST_METHOD"] = "PUT"
+    environ["CONTENT_TYPE"] = "application/json"
+    body = repr(environ["repoze.who.api"].classification).encode()
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def test_the_classification_is_the_requests_as_it_came_as_on_stock_repoze_who():
+    """Stock ``API`` classifies the request when it is made: what the app sees is what the
+    classifier said of the request as it came in, whatever the environ became since."""
+    def run(factory: Any) -> bytes:
+        request = Request.blank("/", method="POST", content_type="text/xml", body=b"<x/>")
+        return request.get_response(factory(_method_overriding_app, **plugins())).body
+
+    assert run(stock) == b"'xmlpost'"
+    assert run(ours) == b"'xmlpost'"
+    assert run(ours_logged) == b"'xmlpost'"
+
+
+@pytest.mark.parametrize("setting", ["identifiers", "request_classifier"])
+def test_settings_set_on_the_factory_later_take_effect_as_on_stock_repoze_who(setting):
+    """Stock ``APIFactory`` hands each API object its settings as they are now: plugins or a
+    classifier set on it after start-up are the next request's (tests and apps do)."""
+    def run(factory: Any) -> bytes:
+        middleware = factory(seen_app, **plugins(classified=True))
+        if setting == "identifiers":
+            middleware.api_factory.identifiers = [("three", HeaderIdentifier("three"))]
+            headers = {"X-Login-Three": "bob"}
+        else:  # every request a WebDAV one: "second" (browser only) no longer takes part
+            middleware.api_factory.request_classifier = lambda environ: "dav"
+            headers = {"X-Login-One": "bob"}
+        return Request.blank("/", headers=headers).get_response(middleware).body
+
+    expected = run(stock)
+    assert expected.startswith(b"(None," if setting == "request_classifier" else b"('second:bob'")
+    assert run(ours) == expected
+
+
+def _api_recording_app(refs: list) -> Any:
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        refs.append(weakref.ref(environ["repoze.who.api"]))
+        return seen_app(environ, start_response)
+    return app
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/", 200), ("HEAD", "/", 200), ("GET", "/private", 401),
+], ids=["served", "head", "challenged"])
+def test_a_served_requests_api_object_is_freed_when_it_ends(method, path, status):
+    """Through a real waitress server, with the cyclic garbage collector off: the server's
+    close() of a list body takes the API object out of the environ, so reference counting
+    frees it (stock repoze.who leaves an environ <-> API cycle for the collector)."""
+    refs: list = []
+    server = waitress.create_server(AuthMiddleware(_api_recording_app(refs), **plugins()),
+                                    host="127.0.0.1", port=0, threads=1)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    gc.disable()
+    try:
+        for login in ("alice", None):
+            connection = http.client.HTTPConnection("127.0.0.1", server.effective_port,
+                                                    timeout=10)
+            connection.request(method, path, headers={"X-Login-One": login} if login else {})
+            response = connection.getresponse()
+            response.read()
+            connection.close()
+            expected = 200 if login else status
+            assert response.status == expected
+            for _ in range(500):  # the server closes the body after sending it
+                if refs[-1]() is None:
+                    break
+                time.sleep(0.01)
+            assert refs[-1]() is None, f"{method} {path} as {login}: the API object lives on"
+    finally:
+        gc.enable()
+        server.close()
+        thread.join(timeout=10)

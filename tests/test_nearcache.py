@@ -107,6 +107,29 @@ def test_an_identity_with_repoze_whos_bookkeeping_is_served_from_memory_too(memc
     assert auth(plugin, "alice", "wrong", **stamped)[0] is None
 
 
+class Credentials(dict):
+    """An identifier's own dict type (repoze.who's ``Identity`` is one): as good a login."""
+
+
+def test_an_identity_of_a_dict_subclass_is_served_from_memory_too(memcached):
+    """marshal refuses dict subclasses: keyed on the dict itself, such an identity never
+    reached the near cache (every repeat cost a memcached round trip). Its items key it,
+    as they key the memcached entry."""
+    backend = CountingAuthenticator()
+    plugin = near_plugin(memcached, backend)
+
+    def auth_as(credentials: dict) -> tuple:
+        environ: dict = {}
+        return plugin.authenticate(environ, credentials), outcome(environ)
+
+    seen = [auth_as(Credentials(login="alice", password="wonderland")) for _ in range(2)]
+    assert seen == [("user:alice", "miss"), ("user:alice", "local_hit")]
+    # The same login as a plain dict: the same memcached entry (its near key is another).
+    assert auth_as({"login": "alice", "password": "wonderland"}) == ("user:alice", "hit")
+    assert auth_as(Credentials(login="alice", password="wrong")) == (None, "miss")
+    assert backend.calls == 2
+
+
 def test_memcached_hit_is_kept_in_memory_too(memcached):
     """Another process stored the answer: ours reads it once from memcached, then from memory."""
     assert auth(near_plugin(memcached, CountingAuthenticator())) == ("user:alice", "miss")
