@@ -268,9 +268,9 @@ class CachingPlugin:
             if self._near is not None:
                 # Keyed on the identity's items as they come (no sorting, no type checks:
                 # marshal refuses what it can't encode): at worst a finer key than the
-                # entry's, never a coarser one. The usual identity (a login and password,
-                # nothing of repoze.who's) is encoded as the dict it is; only a dict itself
-                # (marshal refuses subclasses and other mappings: their items key them).
+                # entry's, never a coarser one. The usual identity (a plain dict of a login
+                # and password, nothing of repoze.who's) is encoded as the dict it is; a
+                # subclass or another mapping (marshal refuses them) by its items.
                 if self.key_items is not None:
                     near_items: Any = [(n, identity.get(n)) for n in self.key_items]
                 elif type(identity) is dict and BOOKKEEPING_ITEMS.isdisjoint(identity):
@@ -279,17 +279,8 @@ class CachingPlugin:
                     near_items = [(n, v) for n, v in identity.items()
                                   if n not in BOOKKEEPING_ITEMS]
                 near_key, answer = self.region.near_lookup(AUTHENTICATE, near_items)
-                if answer is not None:  # a near-cache hit: _restore_near, inline
-                    userid, values, positive = answer
-                    next(self._local_hits)
-                    outcome = "local_hit" if positive else "local_negative_hit"
-                    if self._debug_logging or ENVIRON_KEY in environ:
-                        self._record(environ, AUTHENTICATE, outcome, self._debug_logging)
-                    else:  # _record's usual case
-                        environ[ENVIRON_KEY] = {self.name: {AUTHENTICATE: outcome}}
-                    if values:
-                        identity.update(values)
-                    return userid
+                if answer is not None:
+                    return self._restore_near(environ, identity, AUTHENTICATE, answer)
             items = self._authenticate_items(identity)
             if items is not None:
                 credential = identity.get(self.password_item) if self.password_item else None
