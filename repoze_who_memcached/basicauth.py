@@ -95,17 +95,27 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
     """
     if type(header) is str and header.isascii():
         # The usual case, on every request: an ASCII header with ASCII credentials, taken
-        # apart as text (base64 decoding takes ASCII text as well as bytes).
+        # apart as text (base64 decoding takes ASCII text as well as bytes), in one frame.
         if len(header) > MAX_AUTHORIZATION_BYTES:
             return None
         scheme, separator, token = header.strip(_WHITESPACE_TEXT).partition(" ")
         if not separator or scheme.lower() != "basic":
             return None
+        token = token.strip(_WHITESPACE_TEXT)
         try:
-            credentials = _strict_b64decode(token.strip(_WHITESPACE_TEXT))
+            credentials = (binascii.a2b_base64(token, strict_mode=True) if _STRICT_MODE
+                           else _strict_b64decode(token))
         except (binascii.Error, ValueError):
             return None
-        return _credentials_from(credentials)
+        if not credentials.isascii():
+            return _credentials_from(credentials)
+        text = credentials.decode("ascii")
+        if not text.isprintable():  # in ASCII: exactly the control characters
+            return None
+        login, colon, password = text.partition(":")
+        if not colon or not login:
+            return None
+        return {"login": login, "password": password}
     if isinstance(header, str):
         if len(header) > MAX_AUTHORIZATION_BYTES:
             return None
@@ -130,15 +140,8 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
 
 
 def _credentials_from(credentials: bytes) -> dict[str, str] | None:
-    """The login and password of decoded Basic credentials (``login:password``), or None."""
-    if credentials.isascii():  # the usual case, taken apart as text in one pass
-        text = credentials.decode("ascii")
-        if not text.isprintable():  # in ASCII: exactly the control characters
-            return None
-        login, colon, password = text.partition(":")
-        if not colon or not login:
-            return None
-        return {"login": login, "password": password}
+    """The login and password of decoded Basic credentials (``login:password``), or None.
+    (ASCII credentials in an ASCII header, the usual case, are taken apart inline above.)"""
     login_bytes, colon, password_bytes = credentials.partition(b":")
     if not colon or not login_bytes:
         return None

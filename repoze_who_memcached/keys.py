@@ -194,9 +194,9 @@ class KeyMaker:
         # A user's generation key is asked for on every request and depends on the login
         # alone: remember it (emptied when full; a login is no secret).
         self._user_keys: dict[str, str] = {}
-        # Entry keys are made from credentials, so they are remembered by a keyed BLAKE2b
+        # Entry keys are made from credentials, so they are remembered by a keyed BLAKE2s
         # digest of their items (a random key of this process's own), never by the items.
-        self._entry_memo_hash = hashlib.blake2b(key=os.urandom(32), digest_size=16)
+        self._entry_memo_hash = hashlib.blake2s(key=os.urandom(32), digest_size=16)
         self._entry_keys: dict[bytes, str] = {}
 
     def mac(self, payload: bytes) -> bytes:
@@ -244,7 +244,7 @@ class KeyMaker:
 
         Every cached request needs its entry key, and an HMAC over the canonical encoding
         costs about a fifth of a memcached hit's own CPU. So keys are remembered by a keyed
-        BLAKE2b digest of the ``marshal`` encoding of (method, head, tag, items), at a third
+        BLAKE2s digest of the ``marshal`` encoding of (method, head, tag, items), at a third
         of the cost. ``marshal`` tells apart everything the canonical encoding does (types
         included; it writes bytes-like objects alike, as the encoding does) and refuses
         subclasses of str, int and float, whose calls are simply not remembered.

@@ -297,6 +297,8 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             identifiers, authenticators, challengers, mdproviders, request_classifier,
             challenge_decider, remote_user_key, self.logger,
         )
+        self.prebuilt_factory = self.api_factory
+        """The factory made here: its API objects are made inline (see ``__call__``)."""
         self.lean_api_class = self.api_factory.api_class
         """API objects of this class, with no remember() of their own, remember inline."""
         self.cache_plugins = list(cache_plugins)  # our caches inside (for the CLI, benchmarks)
@@ -306,8 +308,15 @@ class AuthMiddleware(PluggableAuthenticationMiddleware):
             return super().__call__(environ, start_response)
         if self.remote_user_key in environ:
             return self.app(environ, start_response)  # already authenticated upstream
-        made_here = "repoze.who.api" not in environ  # else an outer layer's: not ours to drop
-        api = self.api_factory(environ)
+        api = environ.get("repoze.who.api")
+        made_here = api is None  # else an outer layer's: not ours to drop
+        if made_here:
+            factory = self.api_factory
+            if factory is self.prebuilt_factory:
+                # Its __call__, inline: calling an instance costs a slot lookup and a tuple.
+                api = environ["repoze.who.api"] = self.lean_api_class(environ)
+            else:  # a factory set on the middleware later, as stock allows
+                api = factory(environ)
         environ["repoze.who.plugins"] = api.name_registry
         environ["repoze.who.logger"] = None
         environ["repoze.who.application"] = self.app

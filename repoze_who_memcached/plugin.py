@@ -113,6 +113,10 @@ class CachingPlugin:
                               for p in previous_secrets],
         )
         self.password_item = password_item or None
+        self._pair_item: Any = (password_item if password_item and password_item != login_item
+                                else object())
+        """The item beside the login in an identity the near cache keys as a pair: the
+        password item, if it is another (else a key no identity has)."""
         self.shield = (LockoutShield(self.region.keys, backend, self.counters, max_failures,
                                      failure_window) if max_failures else None)
         self.region.epoch_checked = self._refresh_debug_flag
@@ -258,7 +262,8 @@ class CachingPlugin:
         wrapped = self._authenticator or self._wrapped(environ, "authenticator")
         if wrapped is None:
             return None
-        if identity.get(self.login_item) is None:
+        login = identity.get(self.login_item)
+        if login is None:
             # Not a login (an auth_tkt cookie, a REMOTE_USER identity): nothing to cache,
             # and no miss or denial to count; the wrapped plugin says what it makes of it.
             self._record(environ, AUTHENTICATE, "uncached")
@@ -268,24 +273,28 @@ class CachingPlugin:
             if self._near is not None:
                 # Keyed on the identity's items as they come (no sorting, no type checks:
                 # marshal refuses what it can't encode): at worst a finer key than the
-                # entry's, never a coarser one. The usual identity (a plain dict of a login
-                # and password, nothing of repoze.who's) is encoded as the dict it is; a
+                # entry's, never a coarser one. The usual identity, a plain dict of exactly
+                # a login and a password, is encoded as the pair (a tuple: no other
+                # identity's near items are one); another plain dict as the dict it is; a
                 # subclass or another mapping (marshal refuses them) by its items.
                 if self.key_items is not None:
                     near_items: Any = [(n, identity.get(n)) for n in self.key_items]
+                elif (type(identity) is dict and len(identity) == 2
+                      and self._pair_item in identity):
+                    near_items = (login, identity[self._pair_item])
                 elif type(identity) is dict and BOOKKEEPING_ITEMS.isdisjoint(identity):
                     near_items = identity
                 else:
                     near_items = [(n, v) for n, v in identity.items()
                                   if n not in BOOKKEEPING_ITEMS]
-                near_key, answer = self.region.near_lookup(AUTHENTICATE, near_items)
+                near_key, answer = self._near.lookup(AUTHENTICATE, near_items)
                 if answer is not None:
                     return self._restore_near(environ, identity, AUTHENTICATE, answer)
             items = self._authenticate_items(identity)
             if items is not None:
                 credential = identity.get(self.password_item) if self.password_item else None
                 return self._cached_call(environ, identity, AUTHENTICATE, wrapped.authenticate,
-                                         items, ("login", identity.get(self.login_item)),
+                                         items, ("login", login),
                                          near_key, credential)
         except Exception:  # a bug of ours must not become a 500: answer uncached
             logger.exception("cache %s: internal error; asking the backend directly", self.name)
@@ -312,7 +321,7 @@ class CachingPlugin:
         try:
             near_key = None
             if self._near is not None:
-                near_key, answer = self.region.near_lookup(ADD_METADATA, items)
+                near_key, answer = self._near.lookup(ADD_METADATA, items)
                 if answer is not None:
                     self._restore_near(environ, identity, ADD_METADATA, answer)
                     return

@@ -29,7 +29,7 @@ from .counters import Counters, RateLimitedLog
 from .credentials import LatestCredentialWins
 from .generations import is_token, new_token
 from .keys import KeyMaker, Unencodable
-from .nearcache import Answer, NearCache, copy_if_mutable, is_mutable
+from .nearcache import NearCache, copy_if_mutable, is_mutable
 from .records import EXPIRES as _EXPIRES
 from .records import GENERATIONS as _GENERATIONS
 from .records import POSITIVE as _POSITIVE
@@ -107,7 +107,8 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         self.namespace_key = self.keys.namespace_generation_key()  # without a proxy
         self.epoch_key = self.keys.invalidation_epoch_key()
         self.near = near
-        self._near_check_at = 0.0  # monotonic time of the next invalidation-epoch check
+        if near is not None:
+            near.revalidate = self._near_usable  # at most every local_check_interval
         self._near_epoch: bytes | None = None  # the epoch token as last read
         self._near_check_lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
@@ -426,20 +427,13 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
 
     # ---------------------------------------------------------------- the near cache
 
-    def near_lookup(self, method: str, items: list) -> tuple[bytes | None, Answer | None]:
-        """The near cache's key for these items, and its answer if it may serve one now."""
-        near = self.near
-        assert near is not None
-        if time.monotonic() < self._near_check_at or self._near_usable():
-            return near.lookup(method, items)
-        return near.key(method, items), None
-
     def _near_usable(self) -> bool:
         """True if the invalidation epoch was read less than local_check_interval ago, or
         is read now. While another thread reads it, this one skips the near cache rather
         than serve an answer that the read may revoke."""
-        if time.monotonic() < self._near_check_at:
-            return True
+        assert self.near is not None
+        if time.monotonic() < self.near.trusted_until:
+            return True  # read by another thread a moment ago
         if not self._near_check_lock.acquire(blocking=False):
             return False
         try:
@@ -466,7 +460,7 @@ class CacheRegion(SecretRotation, RefreshAhead, LatestCredentialWins):
         elif epoch != self._near_epoch:
             self._flush_near()
             self._near_epoch = epoch
-        self._near_check_at = started + self.near.check_interval
+        self.near.trusted_until = started + self.near.check_interval
 
     def _flush_near(self) -> None:
         if self.near is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import waitress
-from repoze.who.api import API
+from repoze.who.api import API, APIFactory
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.interfaces import (
     IAuthenticator,
@@ -229,6 +229,37 @@ def test_the_api_object_is_in_the_environ_and_reused():
     assert identity["identifier"] is kw["identifiers"][0][1]
     assert identity["authenticator"] is kw["authenticators"][0][1]
     assert api.remember() == [("X-Remembered-By", "one")]
+
+
+def test_an_api_factory_set_on_the_middleware_later_makes_the_api_objects():
+    """Our own factory's API objects are made inline; another one set on the middleware (as
+    stock allows) makes them instead, and an outer layer's API object is used as it is."""
+    kw = plugins()
+    middleware = AuthMiddleware(seen_app, **kw)
+    made = []
+
+    class CountingFactory(APIFactory):
+        def __call__(self, environ: dict) -> API:
+            api = super().__call__(environ)
+            made.append(api)
+            return api
+
+    middleware.api_factory = CountingFactory(
+        kw["identifiers"], kw["authenticators"], kw["challengers"], kw["mdproviders"],
+        default_request_classifier, default_challenge_decider)
+    response = Request.blank("/", headers={"X-Login-One": "alice"}).get_response(middleware)
+    assert response.status == "200 OK" and b"first:alice" in response.body
+    assert len(made) == 1 and type(made[0]) is API
+    # An API object already in the environ (an outer layer's) is the request's.
+    request = Request.blank("/", headers={"X-Login-One": "alice"})
+    other = plugins()
+    outer = API(request.environ, other["identifiers"], other["authenticators"],
+                other["challengers"], other["mdproviders"], default_request_classifier,
+                default_challenge_decider, "REMOTE_USER", None)
+    request.environ["repoze.who.api"] = outer
+    response = request.get_response(AuthMiddleware(seen_app, **plugins()))
+    assert request.environ["repoze.who.api"] is outer
+    assert response.status == "200 OK" and b"first:alice" in response.body
 
 
 def test_unhashable_and_many_classifications_are_matched_each_time():

@@ -107,6 +107,46 @@ def test_an_identity_with_repoze_whos_bookkeeping_is_served_from_memory_too(memc
     assert auth(plugin, "alice", "wrong", **stamped)[0] is None
 
 
+def test_a_login_with_another_item_is_not_served_the_plain_logins_answer(memcached):
+    """A plain login (exactly a login and a password) is keyed as the pair; an identity with
+    a third item, or with another item in the password's place, is keyed by all its items:
+    never served the plain login's answer from memory."""
+    backend = CountingAuthenticator()
+    plugin = near_plugin(memcached, backend)
+
+    def auth_as(credentials: dict) -> tuple:
+        environ: dict = {}
+        return plugin.authenticate(environ, credentials), outcome(environ)
+
+    assert [auth_as({"login": "alice", "password": "wonderland"}) for _ in range(2)] == [
+        ("user:alice", "miss"), ("user:alice", "local_hit")]
+    # The same login and password beside a third item: keyed by all three, in memory as
+    # in memcached (where every item keys an entry by default).
+    third = {"login": "alice", "password": "wonderland", "realm": "x"}
+    assert [auth_as(dict(third)) for _ in range(2)] == [
+        ("user:alice", "miss"), ("user:alice", "local_hit")]
+    # The password under another name: no password for the backend, not the pair's answer.
+    assert auth_as({"login": "alice", "secret": "wonderland"})[1] != "local_hit"
+    assert auth_as({"login": "alice", "password": "wrong"}) == (None, "miss")
+    assert backend.calls == 4
+
+
+def test_a_password_item_named_as_the_login_item_never_keys_a_pair(memcached):
+    """With ``password_item`` the same item as ``login_item`` (a login-only identity, such
+    as a client certificate's), the pair would be the login twice and leave the other item
+    out of the key: such a plugin keys every identity by all its items."""
+    backend = CountingAuthenticator()
+    plugin = near_plugin(memcached, backend, password_item="login")
+
+    def auth_as(credentials: dict) -> tuple:
+        environ: dict = {}
+        return plugin.authenticate(environ, credentials), outcome(environ)
+
+    assert auth_as({"login": "alice", "password": "wonderland"})[0] == "user:alice"
+    assert auth_as({"login": "alice", "password": "wonderland"})[1] == "local_hit"
+    assert auth_as({"login": "alice", "password": "wrong"}) == (None, "miss")
+
+
 class Credentials(dict):
     """An identifier's own dict type (repoze.who's ``Identity`` is one): as good a login."""
 
@@ -715,12 +755,13 @@ def test_near_keys_hold_no_credentials_and_differ_between_processes(memcached):
     (key_two,) = two._near._entries
     assert isinstance(key_one, bytes) and len(key_one) == 16
     assert key_one != key_two  # a random key per process
-    # Stable within the process: a login's key is its identity dict's (as it comes).
+    # Stable within the process: a plain login's key is its login and password's, as a pair.
     identity = {"login": "zoë", "password": "pässwörd"}
-    assert one._near.key(AUTHENTICATE, identity) == key_one
-    assert one._near.key(AUTHENTICATE, {"login": "zoë", "password": "x"}) != key_one
-    assert one._near.key(AUTHENTICATE, sorted(identity.items())) != key_one  # another type
-    assert one._near.key(ADD_METADATA, identity) != key_one
+    assert one._near.key(AUTHENTICATE, ("zoë", "pässwörd")) == key_one
+    assert one._near.key(AUTHENTICATE, ("zoë", "x")) != key_one
+    assert one._near.key(AUTHENTICATE, identity) != key_one  # another type
+    assert one._near.key(AUTHENTICATE, sorted(identity.items())) != key_one
+    assert one._near.key(ADD_METADATA, ("zoë", "pässwörd")) != key_one
     for text in ("zoë", "pässwörd"):
         for encoding in ("utf-8", "latin-1", "utf-16-le"):
             assert text.encode(encoding) not in key_one
