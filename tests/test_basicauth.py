@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import socket
 import threading
 from collections.abc import Iterator
@@ -263,3 +264,38 @@ def test_served_stack_never_answers_500(stack_port, header_bytes):
     for header in (header_bytes, b"Basic " + header_bytes,
                    b"Basic " + base64.b64encode(header_bytes)):
         assert raw_status(stack_port, header) in (400, 401)
+
+
+# Every byte a credential's kind turns on: controls, space, the colon, ASCII letters, DEL,
+# C1, latin-1 and the lead and continuation bytes of UTF-8 ("é" is C3 A9).
+_CREDENTIAL_BYTES = (0x00, 0x09, 0x0A, 0x1F, 0x20, 0x3A, 0x61, 0x7E, 0x7F, 0x80, 0x9F, 0xA0,
+                     0xA9, 0xC3, 0xFF)
+
+
+def _header_forms(token: str) -> list[str]:
+    """A base64 token as clients (and attackers) wrap it: spacing, case, broken padding."""
+    return ["Basic " + token, "basic  " + token + " ", "\tBASIC\t" + token + "\t", token,
+            "Basic " + token.rstrip("="), "Basic " + token + "=", "Basic " + token + "\n",
+            "Basic " + token[:-1], "Basic =" + token, "Bearer " + token]
+
+
+def test_the_ascii_fast_path_answers_as_the_general_parser_for_short_credentials():
+    """ASCII headers are taken apart inline, on their own path; bytes go through the
+    general one. Both must answer alike for every credential of up to three of the bytes
+    that matter, in every wrapping: the fast path may be faster, never different."""
+    checked = 0
+    for length in range(4):
+        for combo in itertools.product(_CREDENTIAL_BYTES, repeat=length):
+            token = base64.b64encode(bytes(combo)).decode("ascii")
+            for header in _header_forms(token):
+                assert parse_basic_credentials(header) == parse_basic_credentials(
+                    header.encode("latin-1")), header
+                checked += 1
+    assert checked == 10 * sum(len(_CREDENTIAL_BYTES) ** n for n in range(4))
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=40), st.sampled_from(range(10)))
+def test_the_ascii_fast_path_answers_as_the_general_parser(credentials, form):
+    header = _header_forms(base64.b64encode(credentials).decode("ascii"))[form]
+    assert parse_basic_credentials(header) == parse_basic_credentials(header.encode("latin-1"))
