@@ -8,10 +8,12 @@ nothing older from memory; keys hold no credentials; mutable values are copied.
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import json
 import logging
+import random
 import subprocess
 import sys
 import textwrap
@@ -21,12 +23,14 @@ import time
 import pytest
 from backends_for_tests import CountingAuthenticator, CountingMetadata
 from conftest import SECRET, run_at_once
+from repoze.who.interfaces import IAuthenticator
 from test_operations import TESTS, cli, write_app_ini
 from test_plugin import login, plugin_for
+from zope.interface import implementer
 
 from repoze_who_memcached import ConfigError, make_plugin
 from repoze_who_memcached.nearcache import NearCache
-from repoze_who_memcached.plugin import ADD_METADATA, AUTHENTICATE, ENVIRON_KEY
+from repoze_who_memcached.plugin import ADD_METADATA, AUTHENTICATE, BOOKKEEPING_ITEMS, ENVIRON_KEY
 
 pytestmark = pytest.mark.slow  # real servers, real time: ~20 s for the file
 
@@ -145,6 +149,67 @@ def test_a_password_item_named_as_the_login_item_never_keys_a_pair(memcached):
     assert auth_as({"login": "alice", "password": "wonderland"})[0] == "user:alice"
     assert auth_as({"login": "alice", "password": "wonderland"})[1] == "local_hit"
     assert auth_as({"login": "alice", "password": "wrong"}) == (None, "miss")
+
+
+def _as_an_authenticator_reads_it(value):
+    """A value as a strict authenticator tells it apart: by type, bytes-like as bytes and a
+    str subclass as str (as the memcached key does)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ("bytes", bytes(value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, tuple(_as_an_authenticator_reads_it(v) for v in value))
+    if isinstance(value, str):
+        return ("str", str(value))
+    return (type(value).__name__, value)
+
+
+@implementer(IAuthenticator)
+class EveryItemAuthenticator:
+    """The strictest authenticator: its userid names every item of the identity (repoze.who's
+    bookkeeping aside), so an answer served for any other identity shows."""
+
+    def authenticate(self, environ: dict, identity: dict) -> str:
+        return "user:" + repr(sorted((str(name), _as_an_authenticator_reads_it(value))
+                                     for name, value in identity.items()
+                                     if name not in BOOKKEEPING_ITEMS))
+
+
+class _StrSubclass(str):
+    pass
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"password_item": "login"}, {"password_item": ""}, {"password_item": "realm"},
+    {"login_item": "realm"}, {"password_item": "repoze.who.userid"},
+    {"password_item": "identifier"},
+], ids=repr)
+def test_no_identity_is_served_another_identitys_answer(memcached, options):
+    """Random identities (pairs, dicts, bookkeeping, None, non-str values and names) over
+    every way the near key is made: each is answered as the backend answers it, from
+    memory or not. (A key_prefix of each case's own: plugins of different settings share
+    memcached entries when they share a secret and prefix.)"""
+    rnd = random.Random(14)
+    values = ["a", "b", b"a", bytearray(b"a"), 1, True, 1.0, None, 0, False, "", ("a",), ["a"],
+              _StrSubclass("a"), "None"]
+    names = ["login", "password", "realm", "identifier", "authenticator",
+             "repoze.who.userid", _StrSubclass("password")]
+    login_item = options.get("login_item", "login")
+    plugin = near_plugin(memcached, EveryItemAuthenticator(),
+                         key_prefix=f"rt{abs(hash(repr(options))) % 10**6}", **options)
+    pool = []
+    for _ in range(150):
+        identity: dict = {login_item: rnd.choice(values[:8])}
+        for name in rnd.sample(names, rnd.randrange(3)):
+            identity[name] = rnd.choice(values)
+        pool.append(identity)
+    served = collections.Counter()
+    for _ in range(1500):
+        identity = rnd.choice(pool)
+        environ: dict = {}
+        userid = plugin.authenticate(environ, dict(identity))
+        assert userid == EveryItemAuthenticator().authenticate({}, identity), identity
+        served[outcome(environ)] += 1
+    assert served["local_hit"] > 500  # the near cache was exercised, not skipped
 
 
 class Credentials(dict):
