@@ -48,10 +48,6 @@ def is_mutable(values: dict[str, Any]) -> bool:
     return False
 
 
-def _cannot_revalidate() -> bool:
-    return False  # a near cache of no region's: its answers are never trusted
-
-
 def copy_if_mutable(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` itself if nothing in it can change, else a deep copy."""
     return copy.deepcopy(values) if is_mutable(values) else values
@@ -59,6 +55,10 @@ def copy_if_mutable(values: dict[str, Any]) -> dict[str, Any]:
 
 Answer = tuple[Any, dict[str, Any], bool]
 """What the near cache holds for an identity: (userid, values, positive)."""
+
+
+def _cannot_revalidate() -> bool:
+    return False  # a near cache of no region's: its answers are never trusted
 
 
 class NearCache:
@@ -119,7 +119,8 @@ class NearCache:
         return key, copy.deepcopy(entry[2]) if entry[1] else entry[2]
 
     def key(self, method: str, items: Any) -> bytes | None:
-        """The key alone (as :meth:`lookup` finds it, with what that may check)."""
+        """The key alone, as :meth:`lookup` computes it (for tests and tools; the request
+        path takes key and answer from one lookup)."""
         return self.lookup(method, items)[0]
 
     def get(self, key: bytes) -> Answer | None:
