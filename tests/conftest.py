@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import waitress
 
 from repoze_who_memcached.testing import MemcachedServer
 
-if importlib.util.find_spec("ldap_fixtures"):  # TEMP until the LDAP fixtures land
-    pytest_plugins = ["ldap_fixtures"]
+pytest_plugins = ["ldap_fixtures"]
 
 # Public test data: random (secrets.token_urlsafe(32)) so it passes check_secret_strength.
 SECRET = "IobSBXZHmgvdPg3f2ffxsLHkCFkwV77iBDYVJh7dsXU"
@@ -33,6 +33,34 @@ def run_at_once(count: int, work: Callable[[], Any]) -> list[Any]:
     for thread in threads:
         thread.join()
     return results
+
+
+@contextlib.contextmanager
+def serving(app: Callable, threads: int = 2, **adjustments: Any) -> Iterator[int]:
+    """``app`` served by a real waitress server on a free loopback port, in a thread; its port.
+
+    It is stopped from inside its own event loop (waitress's trigger runs the stop there):
+    its open connections and its socket are closed by the thread that polls them, so the
+    loop ends by itself and no close races a poll (closing from this thread made the loop
+    fail with EBADF now and then), and then its worker threads are joined.
+    """
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads,
+                                    **adjustments)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        for channel in list(server.active_channels.values()):
+            channel.close()
+        server.close()
+
+    try:
+        yield server.effective_port
+    finally:
+        server.trigger.pull_trigger(stop)
+        thread.join(timeout=10)
+        server.task_dispatcher.shutdown(timeout=10)
+        assert not thread.is_alive(), "the waitress loop did not stop"
 
 
 @pytest.fixture(scope="session")

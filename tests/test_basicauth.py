@@ -8,15 +8,12 @@ gets raw-socket requests with header bytes no client library would send.
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
-import waitress
-from conftest import SECRET
+from conftest import SECRET, serving
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from paste.deploy import loadapp
@@ -186,20 +183,6 @@ def _is_utf8(data: bytes) -> bool:
 # ------------------------------------------------------------------ the served stack
 
 
-@contextlib.contextmanager
-def serving(app) -> Iterator[int]:
-    """``app`` served by a real waitress server on a free loopback port, in a thread."""
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=2,
-                                    channel_timeout=10)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server.effective_port
-    finally:
-        server.close()
-        thread.join(timeout=10)
-
-
 def raw_status(port: int, header_value: bytes) -> int:
     """Send one request with ``Authorization: <header_value>`` as raw bytes; its status."""
     request = (b"GET /?format=json HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
@@ -221,7 +204,7 @@ def raw_status(port: int, header_value: bytes) -> int:
 def stack_port(tmp_path, memcached) -> Iterator[int]:
     """Our filter with its default identifier (basicauth) over the demo app, served."""
     ini = write_ini(tmp_path, PIPELINE_INI.format(url=memcached.url, secret=SECRET, extra=""))
-    with serving(loadapp(f"config:{ini}")) as port:
+    with serving(loadapp(f"config:{ini}"), channel_timeout=10) as port:
         yield port
 
 

@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from backends_for_tests import CountingAuthenticator
-from conftest import SECRET
+from conftest import SECRET, serving
 from test_plugin import login, plugin_for
 
 from repoze_who_memcached import ConfigError, make_plugin
 from repoze_who_memcached.backends import ConsistentHashRing
-from repoze_who_memcached.testing import MemcachedServer, free_port
+from repoze_who_memcached.testing import MemcachedServer
 
 CLIENTS = ["python-memcached", "pymemcache"]
 
@@ -130,7 +130,6 @@ def test_ring_spreads_and_moves_only_the_lost_servers_keys():
 @pytest.mark.parametrize("client", CLIENTS)
 def test_threaded_waitress_with_each_client(tmp_path, memcached, client):
     from paste.deploy import loadapp
-    from waitress.server import create_server
 
     ini = tmp_path / "app.ini"
     ini.write_text(textwrap.dedent(f"""
@@ -149,14 +148,10 @@ def test_threaded_waitress_with_each_client(tmp_path, memcached, client):
         pipeline = auth demo
     """))
     app = loadapp(f"config:{ini}")
-    port = free_port()
-    server = create_server(app, host="127.0.0.1", port=port, threads=8)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     users = [("alice", "wonderland"), ("bob", "builder"), ("carol", "c4rol"), ("dave", "d4ve")]
     problems: list[str] = []
 
-    def hammer(n: int) -> None:
+    def hammer(port: int, n: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         for i in range(40):
             user, password = users[(n + i) % 4]
@@ -173,14 +168,12 @@ def test_threaded_waitress_with_each_client(tmp_path, memcached, client):
                 problems.append(f"{user}: {body[:100]!r}")
         conn.close()
 
-    try:
-        clients = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    with serving(app, threads=8) as port:
+        clients = [threading.Thread(target=hammer, args=(port, n)) for n in range(8)]
         for c in clients:
             c.start()
         for c in clients:
             c.join()
-    finally:
-        server.close()
     assert problems == []
     (cache,) = app.cache_plugins
     counts = cache.counters.snapshot()

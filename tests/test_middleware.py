@@ -11,14 +11,13 @@ import gc
 import http.client
 import io
 import logging
-import threading
 import time
 import tracemalloc
 import weakref
 from typing import Any
 
 import pytest
-import waitress
+from conftest import serving
 from repoze.who.api import API, APIFactory
 from repoze.who.classifiers import default_challenge_decider, default_request_classifier
 from repoze.who.interfaces import (
@@ -461,27 +460,23 @@ def test_a_served_requests_api_object_is_freed_when_it_ends(method, path, status
     close() of a list body takes the API object out of the environ, so reference counting
     frees it (stock repoze.who leaves an environ <-> API cycle for the collector)."""
     refs: list = []
-    server = waitress.create_server(AuthMiddleware(_api_recording_app(refs), **plugins()),
-                                    host="127.0.0.1", port=0, threads=1)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
     gc.disable()
     try:
-        for login in ("alice", None):
-            connection = http.client.HTTPConnection("127.0.0.1", server.effective_port,
-                                                    timeout=10)
-            connection.request(method, path, headers={"X-Login-One": login} if login else {})
-            response = connection.getresponse()
-            response.read()
-            connection.close()
-            expected = 200 if login else status
-            assert response.status == expected
-            for _ in range(500):  # the server closes the body after sending it
-                if refs[-1]() is None:
-                    break
-                time.sleep(0.01)
-            assert refs[-1]() is None, f"{method} {path} as {login}: the API object lives on"
+        with serving(AuthMiddleware(_api_recording_app(refs), **plugins()), threads=1) as port:
+            for login in ("alice", None):
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                connection.request(method, path,
+                                   headers={"X-Login-One": login} if login else {})
+                response = connection.getresponse()
+                response.read()
+                connection.close()
+                expected = 200 if login else status
+                assert response.status == expected
+                for _ in range(500):  # the server closes the body after sending it
+                    if refs[-1]() is None:
+                        break
+                    time.sleep(0.01)
+                assert refs[-1]() is None, (
+                    f"{method} {path} as {login}: the API object lives on")
     finally:
         gc.enable()
-        server.close()
-        thread.join(timeout=10)

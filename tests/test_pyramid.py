@@ -12,7 +12,6 @@ import base64
 import http.client
 import json
 import textwrap
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,8 +19,7 @@ import pytest
 
 pytest.importorskip("pyramid")
 
-import waitress
-from conftest import SECRET
+from conftest import SECRET, serving
 from ldap_fixtures import ldap_options
 from pyramid.authorization import Allow, Authenticated
 from pyramid.config import Configurator
@@ -315,15 +313,8 @@ def test_no_who_settings_or_a_missing_who_ini_fail_loudly(tmp_path):
 
 @pytest.fixture
 def served(slapd, memcached) -> Iterator[int]:
-    server = waitress.create_server(make_app(ldap_settings(slapd, memcached)),
-                                    host="127.0.0.1", port=0, threads=2)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        yield server.effective_port
-    finally:
-        server.close()
-        thread.join(10)
+    with serving(make_app(ldap_settings(slapd, memcached))) as port:
+        yield port
 
 
 def http_get(port: int, path: str, headers: dict[str, str] | None = None,
