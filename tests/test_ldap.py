@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
+import socket
 import threading
 import time
 
@@ -340,7 +343,9 @@ def test_hung_server_is_bounded_by_timeout(private_slapd):
             started = time.monotonic()
             with pytest.raises(BackendUnavailable, match="timed out"):
                 plug.authenticate({}, identity("alice", "wonderland"))
-            assert 0.9 < time.monotonic() - started < 2.5
+            # The timeout (1 s) was waited for, and bounded the wait (generously: a busy
+            # CI machine is slow, a hang is forever).
+            assert 0.9 < time.monotonic() - started < 5
     finally:
         private_slapd.resume()
     assert plugin.authenticate({}, identity("alice", "wonderland")) == ALICE_DN
@@ -432,17 +437,44 @@ def test_starttls_comes_before_any_bind_or_search(slapd_tls):
                for line in lines if "mech=SIMPLE" in line)
 
 
-def test_tls_logins_do_not_wait_for_delayed_acks(slapd_tls):
-    """ldap3 leaves Nagle on: the first bind after STARTTLS then waited ~40 ms."""
+def sockets_to(port: int) -> list[socket.socket]:
+    """This process's TCP sockets connected to ``port`` on loopback (duplicates of them)."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(fd)))
+        except OSError:  # not a socket, or gone already
+            continue
+        try:
+            if sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM:
+                with contextlib.suppress(OSError):  # not connected
+                    if sock.getpeername()[1] == port:
+                        found.append(sock)
+                        continue
+            sock.close()
+        except OSError:
+            sock.close()
+    return found
+
+
+def test_tls_connections_have_nagle_off(slapd_tls):
+    """ldap3 leaves Nagle on: the first bind after STARTTLS then waited ~40 ms for a delayed
+    ACK (49 ms per TLS login instead of 5). The cause is asserted, not a time: every
+    connection our plugin keeps to the directory has TCP_NODELAY set."""
     plugin = make_authenticator(
         **ldap_options(slapd_tls, start_tls="true", tls_ca_file=str(slapd_tls.ca_file))
     )
-    times = []
-    for _ in range(5):
-        started = time.perf_counter()
+    for _ in range(3):
         assert plugin.authenticate({}, identity("bob", "builder")) == BOB_DN
-        times.append(time.perf_counter() - started)
-    assert sorted(times)[2] < 0.025
+    sockets = sockets_to(slapd_tls.port)
+    try:
+        assert sockets, "no connection to the directory stays open"
+        assert all(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                   for sock in sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+    plugin.close()
 
 
 def test_tls_server_refuses_binds_in_clear(slapd_tls):
