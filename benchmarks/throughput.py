@@ -509,13 +509,22 @@ def evaluate_targets(workloads: dict[str, Any]) -> list[dict[str, Any]]:
         w = workloads.get(workload)
         if w is None or numerator not in w["summary"] or denominator not in w["summary"]:
             continue
+        groups: list[float] = []
         if denominator == BASELINE:
             ratio = w["summary"][numerator]["rps_over_noauth"]
+            groups = [p["rps_over_baseline"] for p in w["phases"]
+                      if p["target"] == numerator and "rps_over_baseline" in p][::2]
         else:
             ratio = w["rps_over_uncached_warm"][numerator]
         entry = {"workload": workload, "numerator": numerator, "denominator": denominator,
                  "meaning": meaning, "target": minimum, "ratio": ratio,
                  "met": ratio >= minimum}
+        if len(groups) >= 4:
+            # The middle half of the ABBA groups' ratios: how far one group is from the next
+            # on this machine (the median's own uncertainty is smaller, by about sqrt(n)).
+            quartiles = statistics.quantiles(groups, n=4)
+            entry["groups"] = len(groups)
+            entry["middle_half"] = [quartiles[0], quartiles[2]]
         if workload == "zipf":
             warm = [p for p in w["phases"] if p["target"] == numerator
                     and p["round"] in w["warm_rounds"]]
