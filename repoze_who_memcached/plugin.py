@@ -22,7 +22,7 @@ from zope.interface import implementer
 from .backends import BACKENDS, PROXIES, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
-from .keys import is_encodable, plugin_fingerprint
+from .keys import encode_value, is_encodable, plugin_fingerprint
 from .nearcache import Answer, NearCache
 from .options import Options, build_plugin, check_secret_strength, estimate_secret_bits
 from .region import CacheRegion, Outcome
@@ -160,8 +160,15 @@ class CachingPlugin:
     @authenticator.setter
     def authenticator(self, plugin: Any) -> None:
         self._authenticator = plugin
-        self._entry_heads[AUTHENTICATE] = self.region.keys.entry_head(
-            AUTHENTICATE, plugin_fingerprint(plugin) if plugin is not None else b"")
+        scope = plugin_fingerprint(plugin) if plugin is not None else b""
+        if self.key_items is not None:
+            # Keyed on these items only, a missing one as None: such entries are not for a
+            # cache that keys on every item (it tells ``{"login": x}`` from ``{"login": x,
+            # "password": None}``), nor for one that keys on other items.
+            out = [b"key_items\0"]
+            encode_value(list(self.key_items), out)
+            scope += b"".join(out)
+        self._entry_heads[AUTHENTICATE] = self.region.keys.entry_head(AUTHENTICATE, scope)
 
     @property
     def mdprovider(self) -> Any:

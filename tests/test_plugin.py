@@ -94,6 +94,24 @@ def test_key_items_limit_what_keys_the_entry(memcached):
     assert backend.calls == 3
 
 
+def test_caches_keyed_on_different_items_share_no_entries(memcached):
+    """Same secret, prefix, memcached and wrapped plugin, but other key_items: with key_items
+    a missing item keys as None, which the default key tells apart (``{"login": x}`` and
+    ``{"login": x, "password": None}`` may be answered differently): no entry is shared."""
+    backend = CountingAuthenticator()
+    by_items = plugin_for(memcached, backend, key_items="login password")
+    default = plugin_for(memcached, backend)
+    other_items = plugin_for(memcached, backend, key_items="login password email")
+    assert login(by_items)[0] == "user:alice"
+    assert login(default)[0] == "user:alice"
+    assert login(other_items)[0] == "user:alice"
+    assert backend.calls == 3
+    # The same settings in another "process" do share them.
+    again = plugin_for(memcached, backend, key_items="login password")
+    assert login(again)[0] == "user:alice"
+    assert backend.calls == 3
+
+
 def test_default_key_ignores_plugin_objects(memcached):
     """The 2011 default keyed str() of plugin objects: keys differed between processes."""
     backend = CountingAuthenticator()
