@@ -279,7 +279,7 @@ def build_components(lab: Any, environ: dict, found: dict, client: str
         pieces.update({
             "_authenticate_items (which identity items key the entry)":
                 lambda: plugin._authenticate_items(identity),
-            "keys.entry_key (remembered: marshal + keyed BLAKE2b + a dict lookup)":
+            "keys.entry_key (remembered: marshal + keyed BLAKE2s + a dict lookup)":
                 lambda: plugin.region.keys.entry_key(method, items, head),
             "keys.entry_key, made afresh (encode + HMAC-SHA256 + base64)":
                 lambda: plugin.region.keys._entry_key(method, items, head, ""),
