@@ -112,6 +112,34 @@ def test_caches_keyed_on_different_items_share_no_entries(memcached):
     assert backend.calls == 3
 
 
+def test_caches_keeping_different_value_items_share_no_entries(memcached):
+    """Same secret, prefix, memcached and wrapped plugins, but other value_items: a cache
+    that keeps only ``email`` must not answer a cache that keeps everything (its hits would
+    lack ``dn``, the metadata hits ``groups``), nor the other way round."""
+    backend = CountingAuthenticator()
+    narrow = plugin_for(memcached, backend, value_items="email")
+    full = plugin_for(memcached, backend)
+    assert login(narrow)[0] == "user:alice"
+    userid, identity, _ = login(full)
+    assert userid == "user:alice"
+    assert identity["dn"] == "uid=alice,ou=people,dc=example,dc=org"
+    assert backend.calls == 2
+
+    md = CountingMetadata()
+    options = dict(authenticator_name="", mdprovider_name="md")
+    narrow_md = plugin_for(memcached, mdprovider=md, value_items="display", **options)
+    full_md = plugin_for(memcached, mdprovider=md, **options)
+    narrow_md.add_metadata({}, {"repoze.who.userid": "user:alice"})
+    identity = {"repoze.who.userid": "user:alice"}
+    full_md.add_metadata({}, identity)
+    assert identity["groups"] == ["staff", "group-of-user:alice"]
+    assert md.calls == 2
+    # The same settings in another "process" do share them.
+    again = plugin_for(memcached, mdprovider=md, value_items="display", **options)
+    again.add_metadata({}, {"repoze.who.userid": "user:alice"})
+    assert md.calls == 2
+
+
 def test_default_key_ignores_plugin_objects(memcached):
     """The 2011 default keyed str() of plugin objects: keys differed between processes."""
     backend = CountingAuthenticator()
