@@ -120,12 +120,13 @@ class CachingPlugin:
         self.shield = (LockoutShield(self.region.keys, backend, self.counters, max_failures,
                                      failure_window) if max_failures else None)
         self.region.epoch_checked = self._refresh_debug_flag
+        # Before the plugins are set: their entry keys' scope depends on it (_scope).
+        self.value_items = tuple(value_items) if value_items else None
         self._entry_heads: dict[str, bytes] = {}
         self.authenticator = _as_plugin(authenticator, IAuthenticator, "authenticator")
         self.mdprovider = _as_plugin(mdprovider, IMetadataProvider, "mdprovider")
         self.authenticator_name = authenticator_name
         self.mdprovider_name = mdprovider_name
-        self.value_items = tuple(value_items) if value_items else None
         self.login_item = login_item
         self._near = near
         self._local_hits = self.counters.counter("local_hits")  # counted without a call
@@ -160,7 +161,7 @@ class CachingPlugin:
     @authenticator.setter
     def authenticator(self, plugin: Any) -> None:
         self._authenticator = plugin
-        scope = plugin_fingerprint(plugin) if plugin is not None else b""
+        scope = self._scope(plugin)
         if self.key_items is not None:
             # Keyed on these items only, a missing one as None: such entries are not for a
             # cache that keys on every item (it tells ``{"login": x}`` from ``{"login": x,
@@ -178,7 +179,18 @@ class CachingPlugin:
     def mdprovider(self, plugin: Any) -> None:
         self._mdprovider = plugin
         self._entry_heads[ADD_METADATA] = self.region.keys.entry_head(
-            ADD_METADATA, plugin_fingerprint(plugin) if plugin is not None else b"")
+            ADD_METADATA, self._scope(plugin))
+
+    def _scope(self, plugin: Any) -> bytes:
+        """What an entry's answer depends on besides its items: the wrapped plugin, and
+        which of its values are kept (``value_items``: an entry that kept only some must not
+        answer a cache that keeps them all; their order and repeats change nothing)."""
+        scope = plugin_fingerprint(plugin) if plugin is not None else b""
+        if self.value_items is not None:
+            out = [b"value_items\0"]
+            encode_value(sorted(set(self.value_items)), out)
+            scope += b"".join(out)
+        return scope
 
     def settings_summary(self) -> str:
         """The settings that decide what is served, for ``check``: one line, no secrets."""
