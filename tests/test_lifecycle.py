@@ -132,6 +132,39 @@ def test_a_right_password_at_the_backend_clears_the_count(memcached, caplog):
     assert len(warnings) == 1  # once per login per window
 
 
+class NamedDirectory(CountingAuthenticator):
+    """A CountingAuthenticator that says which directory it is (its cache fingerprint)."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def cache_fingerprint(self) -> str:
+        return self.directory
+
+
+def test_denials_at_one_directory_do_not_shield_another(memcached):
+    """Two caches under one secret and key_prefix in front of two directories share no
+    entries; nor may they share failure counts: denials of "alice" at one directory must not
+    refuse the right password of another directory's "alice" without asking it."""
+    one, two = NamedDirectory("ldap://one"), NamedDirectory("ldap://two")
+    cache_one = plugin_for(memcached, one, max_failures="2", failure_window="60")
+    cache_two = plugin_for(memcached, two, max_failures="2", failure_window="60")
+    for _ in range(3):
+        login(cache_one, "alice", f"wrong-{secrets.token_hex(4)}")
+    assert login(cache_one, "alice", "wrong-again")[2][ENVIRON_KEY]["cache"][
+        "authenticate"] == "refused"
+    userid, _, environ = login(cache_two, "alice", "wonderland")
+    assert environ[ENVIRON_KEY]["cache"]["authenticate"] == "miss"
+    assert userid == "user:alice"
+    assert two.calls == 1
+    # The same directory in another "process" shares the count.
+    again = plugin_for(memcached, NamedDirectory("ldap://one"), max_failures="2",
+                       failure_window="60")
+    assert login(again, "alice", "wrong-once-more")[2][ENVIRON_KEY]["cache"][
+        "authenticate"] == "refused"
+
+
 # -- 3. refresh-ahead ---------------------------------------------------------------------
 
 def test_refresh_ahead_keeps_hot_users_warm(memcached):
