@@ -308,13 +308,16 @@ class KeyMaker:
             remember(self._user_keys, memo_key, key, USER_KEY_MEMO_SIZE)
         return key
 
-    def login_key(self, label: str, login: Any) -> str:
+    def login_key(self, label: str, login: Any, scope: bytes = b"") -> str:
         """Key of a per-login record (``label``: ``credential-stamp``, ``failures``), by
-        the login's :func:`ldap_normal_form` like the user's generation key."""
+        the login's :func:`ldap_normal_form` like the user's generation key (``scope``:
+        the backend it is about, as :meth:`entry_head` takes it, if not every backend's)."""
         folded = ldap_normal_form(login) if isinstance(login, str) else login
         out: list[bytes] = [b"login\0"]
         encode_value(label, out)
         encode_value(folded, out)
+        if scope:
+            encode_value(hashlib.sha256(scope).digest(), out)
         tag = self.tag_of(self.user_generation_key("login", login)) if self.hash_tags else ""
         return self._key(b"".join(out), tag)
 

@@ -161,6 +161,8 @@ class CachingPlugin:
     @authenticator.setter
     def authenticator(self, plugin: Any) -> None:
         self._authenticator = plugin
+        if self.shield is not None:
+            self.shield.scope = plugin_fingerprint(plugin) if plugin is not None else b""
         scope = self._scope(plugin)
         if self.key_items is not None:
             # Keyed on these items only, a missing one as None: such entries are not for a

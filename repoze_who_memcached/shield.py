@@ -5,8 +5,9 @@ Why: a client that keeps retrying a stale password (a phone's mail app after a p
 change) would otherwise walk the account into the directory's own lockout (Active
 Directory's lockout threshold), and a script guessing passwords would reach the directory
 at full speed. The count is cluster-wide: a memcached counter under an HMAC key of the
-login's normal form, so every app server sees the same count and equivalent spellings of a
-login share it.
+login's normal form and of the directory (the wrapped plugin's fingerprint), so every app
+server sees the same count, equivalent spellings of a login share it, and denials at one
+directory never refuse logins to another cached under the same secret and key_prefix.
 
 What it never does: refuse a cached success. The shield sits in front of the backend only,
 on the miss path; a right password whose answer is cached is served as before, so someone
@@ -41,13 +42,17 @@ class LockoutShield:
         self.max_failures = max_failures
         self.failure_window = failure_window
         self._warned: dict[str, float] = {}  # counter key -> when its window's warning went
+        self.scope = b""
+        """The wrapped authenticator's fingerprint (set by the plugin when it is bound):
+        counts are per login and directory, so denials at one directory never refuse
+        logins to another cached under the same secret and key_prefix."""
         self._lock = threading.Lock()
 
     def admit(self, login: Any, route: str) -> str | None:
         """Count one attempt for ``login``; its counter key if it may go to the backend,
         None if it is refused. A memcached that cannot count admits (it fails open for
         availability; the directory's own lockout still stands behind it)."""
-        key = self.keys.login_key("failures", login)
+        key = self.keys.login_key("failures", login, self.scope)
         count = self.backend.incr(key, 1, route)
         if count is None:  # no counter yet in this window (or memcached trouble)
             if self.backend.add(key, b"1", self.failure_window, route):
