@@ -42,7 +42,9 @@ def serving(app: Callable, threads: int = 2, **adjustments: Any) -> Iterator[int
     It is stopped from inside its own event loop (waitress's trigger runs the stop there):
     its open connections and its socket are closed by the thread that polls them, so the
     loop ends by itself and no close races a poll (closing from this thread made the loop
-    fail with EBADF now and then), and then its worker threads are joined.
+    fail with EBADF now and then). Connections are closed as waitress closes a lost one
+    (``handle_close``: it also wakes a worker waiting to write), and the worker threads are
+    asked to stop (waitress waits up to 10 s for them, then only logs).
     """
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads,
                                     **adjustments)
@@ -51,7 +53,7 @@ def serving(app: Callable, threads: int = 2, **adjustments: Any) -> Iterator[int
 
     def stop() -> None:
         for channel in list(server.active_channels.values()):
-            channel.close()
+            channel.handle_close()
         server.close()
 
     try:
