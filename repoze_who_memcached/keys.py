@@ -134,6 +134,12 @@ def ldap_normal_form(text: str) -> str:
 _SECRET_LOOKING = re.compile(r"pass|secret|key|token|cred|salt|private", re.IGNORECASE)
 
 
+def scope_digest(scope: bytes) -> bytes:
+    """The fixed-size form in which a scope (:func:`plugin_fingerprint` and what else an
+    answer depends on) goes into keys: computed once, when the plugin is bound."""
+    return hashlib.sha256(scope).digest()
+
+
 def plugin_fingerprint(plugin: Any) -> bytes:
     """What a wrapped plugin's answers depend on, for binding cache entries to it.
 
@@ -234,7 +240,7 @@ class KeyMaker:
         head = _ENTRY_HEADS.get(method) or b"".join(_encoded(b"entry\0", method))
         if not scope:
             return head
-        return head + b"".join(_encoded(b"scope\0", hashlib.sha256(scope).digest()))
+        return head + b"".join(_encoded(b"scope\0", scope_digest(scope)))
 
     def entry_key(self, method: str, items: Iterable[tuple[str, Any]],
                   head: bytes | None = None, tag: str = "") -> str:
@@ -311,13 +317,13 @@ class KeyMaker:
     def login_key(self, label: str, login: Any, scope: bytes = b"") -> str:
         """Key of a per-login record (``label``: ``credential-stamp``, ``failures``), by
         the login's :func:`ldap_normal_form` like the user's generation key (``scope``:
-        the backend it is about, as :meth:`entry_head` takes it, if not every backend's)."""
+        the :func:`scope_digest` of the backend it is about, if not every backend's)."""
         folded = ldap_normal_form(login) if isinstance(login, str) else login
         out: list[bytes] = [b"login\0"]
         encode_value(label, out)
         encode_value(folded, out)
         if scope:
-            encode_value(hashlib.sha256(scope).digest(), out)
+            encode_value(scope, out)
         tag = self.tag_of(self.user_generation_key("login", login)) if self.hash_tags else ""
         return self._key(b"".join(out), tag)
 

@@ -22,7 +22,7 @@ from zope.interface import implementer
 from .backends import BACKENDS, PROXIES, BackendSettings, CacheBackend, ServerAddress
 from .counters import Counters, RateLimitedLog, register_prometheus
 from .errors import BackendUnavailable, ConfigError
-from .keys import encode_value, is_encodable, plugin_fingerprint
+from .keys import encode_value, is_encodable, plugin_fingerprint, scope_digest
 from .nearcache import Answer, NearCache
 from .options import Options, build_plugin, check_secret_strength, estimate_secret_bits
 from .region import CacheRegion, Outcome
@@ -161,17 +161,11 @@ class CachingPlugin:
     @authenticator.setter
     def authenticator(self, plugin: Any) -> None:
         self._authenticator = plugin
+        fingerprint = plugin_fingerprint(plugin) if plugin is not None else b""
         if self.shield is not None:
-            self.shield.scope = plugin_fingerprint(plugin) if plugin is not None else b""
-        scope = self._scope(plugin)
-        if self.key_items is not None:
-            # Keyed on these items only, a missing one as None: such entries are not for a
-            # cache that keys on every item (it tells ``{"login": x}`` from ``{"login": x,
-            # "password": None}``), nor for one that keys on other items.
-            out = [b"key_items\0"]
-            encode_value(list(self.key_items), out)
-            scope += b"".join(out)
-        self._entry_heads[AUTHENTICATE] = self.region.keys.entry_head(AUTHENTICATE, scope)
+            self.shield.scope = scope_digest(fingerprint) if fingerprint else b""
+        self._entry_heads[AUTHENTICATE] = self.region.keys.entry_head(
+            AUTHENTICATE, self._scope(fingerprint, self.key_items))
 
     @property
     def mdprovider(self) -> Any:
@@ -181,18 +175,23 @@ class CachingPlugin:
     def mdprovider(self, plugin: Any) -> None:
         self._mdprovider = plugin
         self._entry_heads[ADD_METADATA] = self.region.keys.entry_head(
-            ADD_METADATA, self._scope(plugin))
+            ADD_METADATA, self._scope(plugin_fingerprint(plugin) if plugin is not None else b""))
 
-    def _scope(self, plugin: Any) -> bytes:
-        """What an entry's answer depends on besides its items: the wrapped plugin, and
-        which of its values are kept (``value_items``: an entry that kept only some must not
-        answer a cache that keeps them all; their order and repeats change nothing)."""
-        scope = plugin_fingerprint(plugin) if plugin is not None else b""
+    def _scope(self, fingerprint: bytes, key_items: tuple[str, ...] | None = None) -> bytes:
+        """What an entry's answer depends on besides its items: the wrapped plugin (its
+        ``fingerprint``); which of its values are kept (``value_items``: an entry that kept
+        only some must not answer a cache that keeps them all; their order and repeats
+        change nothing); and for authentication, ``key_items``: keyed on these items only,
+        a missing one as None, such entries are not for a cache that keys on every item (it
+        tells ``{"login": x}`` from ``{"login": x, "password": None}``), nor on others."""
+        out = [fingerprint]
         if self.value_items is not None:
-            out = [b"value_items\0"]
+            out.append(b"value_items\0")
             encode_value(sorted(set(self.value_items)), out)
-            scope += b"".join(out)
-        return scope
+        if key_items is not None:
+            out.append(b"key_items\0")
+            encode_value(list(key_items), out)
+        return b"".join(out)
 
     def settings_summary(self) -> str:
         """The settings that decide what is served, for ``check``: one line, no secrets."""

@@ -43,9 +43,9 @@ class LockoutShield:
         self.failure_window = failure_window
         self._warned: dict[str, float] = {}  # counter key -> when its window's warning went
         self.scope = b""
-        """The wrapped authenticator's fingerprint (set by the plugin when it is bound):
-        counts are per login and directory, so denials at one directory never refuse
-        logins to another cached under the same secret and key_prefix."""
+        """The wrapped authenticator's :func:`~.keys.scope_digest` (set by the plugin when it
+        is bound; b"" for none): counts are per login and directory, so denials at one
+        directory never refuse logins to another cached under the same secret and prefix."""
         self._lock = threading.Lock()
 
     def admit(self, login: Any, route: str) -> str | None:
