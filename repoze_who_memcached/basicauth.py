@@ -99,7 +99,7 @@ def parse_basic_credentials(header: Any) -> dict[str, str] | None:
         if len(header) > MAX_AUTHORIZATION_BYTES:
             return None
         scheme, separator, token = header.strip(_WHITESPACE_TEXT).partition(" ")
-        if not separator or scheme.lower() != "basic":
+        if not separator or (scheme != "Basic" and scheme.lower() != "basic"):
             return None
         token = token.strip(_WHITESPACE_TEXT)
         try:

@@ -53,6 +53,9 @@ class PluginsFor(NamedTuple):
     identifiers: list[Any]
     authenticators: list[Any]
     mdproviders: list[Any]
+    pair: tuple[Any, Any] | None
+    """(identifier, authenticator) when there is exactly one of each (the usual stack): a
+    request then needs none of the ranking of identities."""
 
 
 class PrebuiltAPIFactory(APIFactory):
@@ -134,10 +137,13 @@ class PrebuiltAPIFactory(APIFactory):
         except TypeError:  # an unhashable classification: matched each time
             rememberable = False
         registry = self.interface_registry
-        plugins = PluginsFor(*(
+        identifiers, authenticators, mdproviders = (
             match_classification(iface, registry.get(iface, ()), classification)
             for iface in (IIdentifier, IAuthenticator, IMetadataProvider)
-        ))
+        )
+        pair = ((identifiers[0], authenticators[0])
+                if len(identifiers) == 1 and len(authenticators) == 1 else None)
+        plugins = PluginsFor(identifiers, authenticators, mdproviders, pair)
         if rememberable:
             self._plugins_by_classification[classification] = plugins
         return plugins
@@ -192,6 +198,12 @@ _PREPARED_FROM = frozenset({"identifiers", "authenticators", "challengers", "mdp
 """The factory's settings that :meth:`PrebuiltAPIFactory._prepare` builds from."""
 
 
+def _copy_registry(registry: Any) -> dict:
+    """The request's own copy of the name registry (``dict.copy`` is the cheap way for the
+    usual dict; a mapping set on the factory by hand is copied as stock copies it)."""
+    return registry.copy() if type(registry) is dict else dict(registry)
+
+
 class PrebuiltAPI(API):
     """repoze.who's API object over a :class:`PrebuiltAPIFactory`'s registries.
 
@@ -207,7 +219,7 @@ class PrebuiltAPI(API):
         # settings (class attributes here). The name registry is the request's own copy, as
         # stock's is: the app may change it.
         self.environ = environ
-        self.name_registry = dict(self.name_registry)
+        self.name_registry = _copy_registry(self.name_registry)
         self.classification = self.factory.classify(environ)
         if self.logger:
             self.logger.info(f"request classification: {self.classification}")
@@ -221,26 +233,20 @@ class PrebuiltAPI(API):
             return super().authenticate()  # logged, or a registry set by hand
         environ = self.environ
         plugins = factory.unclassified or factory.plugins_for(self.classification)
-        found = []
-        for identifier in plugins.identifiers:
+        if plugins.pair is not None:  # one identifier, one authenticator: nothing to rank
+            identifier, authenticator = plugins.pair
             identity = identifier.identify(environ)
-            if identity is not None:
-                found.append((identifier, identity))
-        if not found:
-            return None
-        # Tried in rank order, so the first success is the one stock repoze.who's sort of
-        # (rank, ...) tuples puts first.
-        best = None
-        for authenticator in plugins.authenticators:
-            for identifier, identity in found:
-                userid = authenticator.authenticate(environ, identity)
-                if userid is not None:
-                    identity["repoze.who.userid"] = userid
-                    if best is None:
-                        best = (authenticator, identifier, identity, userid)
-        if best is None:
-            return None
-        authenticator, identifier, identity, userid = best
+            if identity is None:
+                return None
+            userid = authenticator.authenticate(environ, identity)
+            if userid is None:
+                return None
+            identity["repoze.who.userid"] = userid
+        else:
+            best = self._best(environ, plugins)
+            if best is None:
+                return None
+            authenticator, identifier, identity, userid = best
         identity = Identity(identity)
         identity["authenticator"] = authenticator
         identity["identifier"] = identifier
@@ -249,6 +255,26 @@ class PrebuiltAPI(API):
         environ["repoze.who.identity"] = identity
         environ[self.remote_user_key] = userid
         return identity
+
+    @staticmethod
+    def _best(environ: dict, plugins: PluginsFor) -> tuple[Any, Any, dict, Any] | None:
+        """(authenticator, identifier, identity, userid) of the best identity: every identity
+        any identifier finds, tried with every authenticator, in rank order, so the first
+        success is the one stock repoze.who's sort of (rank, ...) tuples puts first."""
+        found = []
+        for identifier in plugins.identifiers:
+            identity = identifier.identify(environ)
+            if identity is not None:
+                found.append((identifier, identity))
+        best = None
+        for authenticator in plugins.authenticators:
+            for identifier, identity in found:
+                userid = authenticator.authenticate(environ, identity)
+                if userid is not None:
+                    identity["repoze.who.userid"] = userid
+                    if best is None:
+                        best = (authenticator, identifier, identity, userid)
+        return best
 
 
 class _ReleasingBody(list):

@@ -435,8 +435,11 @@ class CachingPlugin:
     def _restore_near(self, environ: dict, identity: dict, method: str, answer: Answer) -> Any:
         userid, values, positive = answer
         next(self._local_hits)
-        self._record(environ, method, "local_hit" if positive else "local_negative_hit",
-                     self._debug_logging)
+        outcome = "local_hit" if positive else "local_negative_hit"
+        if self._debug_logging or ENVIRON_KEY in environ:
+            self._record(environ, method, outcome, self._debug_logging)
+        else:  # the usual case of _record, inline: the hit is this cheap
+            environ[ENVIRON_KEY] = {self.name: {method: outcome}}
         if values:
             identity.update(values)
         return userid

@@ -32,7 +32,7 @@ from webob.exc import HTTPUnauthorized
 from zope.interface import implementer
 
 import repoze_who_memcached.middleware as middleware_module
-from repoze_who_memcached.middleware import AuthMiddleware
+from repoze_who_memcached.middleware import AuthMiddleware, PrebuiltAPI
 
 
 @implementer(IIdentifier, IChallenger)
@@ -114,12 +114,22 @@ def late_app(environ: dict, start_response: Any) -> Any:
     yield b"late"
 
 
-def plugins(classified: bool = False, replace_app: bool = False) -> dict[str, list]:
+def plugins(classified: bool = False, replace_app: bool = False, single: bool = False
+            ) -> dict[str, list]:
+    """Two identifiers and two authenticators (ranked), or with ``single`` one of each (the
+    usual stack, which takes a path of its own)."""
     one = HeaderIdentifier("one", replace_app=replace_app)
     two = HeaderIdentifier("two", {IIdentifier: ["dav"]} if classified else None)
     first = PrefixAuthenticator("first", "a")
     second = PrefixAuthenticator("second", "",
                                  {IAuthenticator: ["browser"]} if classified else None)
+    if single:
+        return {
+            "identifiers": [("one", one)],
+            "authenticators": [("second", second)],
+            "challengers": [("one", one)],
+            "mdproviders": [("groups", Groups())],
+        }
     return {
         "identifiers": [("one", one), ("two", two)],
         "authenticators": [("first", first), ("second", second)],
@@ -168,14 +178,30 @@ def _run(factory: Any, app: Any, path: str, headers: dict, **options: Any
     return response.status, sorted(response.headerlist), response.body, calls
 
 
+@pytest.mark.parametrize("single", [False, True], ids=["ranked", "single"])
 @pytest.mark.parametrize("classified", [False, True], ids=["any", "classified"])
 @pytest.mark.parametrize("app", [seen_app, late_app], ids=["app", "late-app"])
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_lean_path_answers_as_stock_repoze_who(scenario, app, classified):
+def test_lean_path_answers_as_stock_repoze_who(scenario, app, classified, single):
     path, headers = SCENARIOS[scenario]
-    expected = _run(stock, app, path, headers, classified=classified)
-    assert _run(ours, app, path, headers, classified=classified) == expected
-    assert _run(ours_logged, app, path, headers, classified=classified) == expected
+    options = {"classified": classified, "single": single}
+    expected = _run(stock, app, path, headers, **options)
+    assert _run(ours, app, path, headers, **options) == expected
+    assert _run(ours_logged, app, path, headers, **options) == expected
+
+
+def test_a_single_identifier_and_authenticator_take_the_unranked_path(monkeypatch):
+    """The ``single`` scenarios above are only worth something if they take that path."""
+    assert ours(seen_app, **plugins(single=True)).api_factory.unclassified.pair is not None
+    assert ours(seen_app, **plugins()).api_factory.unclassified.pair is None
+    classified = ours(seen_app, **plugins(single=True, classified=True)).api_factory
+    assert classified.unclassified is None  # a plugin restricts itself: matched per request
+    assert classified.plugins_for("browser").pair is not None
+    assert classified.plugins_for("dav").pair is None  # no authenticator for WebDAV
+    monkeypatch.setattr(PrebuiltAPI, "_best", staticmethod(
+        lambda environ, plugins: pytest.fail("ranked identities with one of each")))
+    status, _, body, _ = _run(ours, seen_app, "/", {"X-Login-One": "bob"}, single=True)
+    assert status == "200 OK" and b"'second:bob'" in body
 
 
 def test_the_scenarios_cover_what_they_claim():
