@@ -204,6 +204,77 @@ def test_a_single_identifier_and_authenticator_take_the_unranked_path(monkeypatc
     assert status == "200 OK" and b"'second:bob'" in body
 
 
+
+@implementer(IIdentifier, IAuthenticator, IMetadataProvider)
+class Scripted:
+    """Identifies as ``identity``, authenticates as ``userid`` (or raises ``raises`` from
+    the method so named), and writes down each call it gets."""
+
+    def __init__(self, identity: Any = None, userid: Any = None, raises: str = "") -> None:
+        self.identity, self.userid, self.raises = identity, userid, raises
+        self.calls: list[tuple] = []
+
+    def identify(self, environ: dict) -> Any:
+        self.calls.append(("identify",))
+        if self.raises == "identify":
+            raise RuntimeError("identify")
+        return dict(self.identity) if isinstance(self.identity, dict) else self.identity
+
+    def authenticate(self, environ: dict, identity: Any) -> Any:
+        self.calls.append(("authenticate", repr(identity)))
+        if self.raises == "authenticate":
+            raise RuntimeError("authenticate")
+        return self.userid
+
+    def add_metadata(self, environ: dict, identity: dict) -> None:
+        self.calls.append(("add_metadata", sorted(identity)))
+
+    def remember(self, environ: dict, identity: dict) -> list:
+        return []
+
+    def forget(self, environ: dict, identity: dict) -> list:
+        return []
+
+
+def _authenticate_once(make: Any, identifier: Scripted, authenticator: Scripted) -> tuple:
+    """What one ``api.authenticate()`` returns, raises, sets and calls."""
+    factory = make(seen_app, identifiers=[("i", identifier)],
+                   authenticators=[("a", authenticator)], challengers=[],
+                   mdproviders=[("m", authenticator)]).api_factory
+    roles = {id(identifier): "the identifier", id(authenticator): "the authenticator"}
+
+    def shown(identity: Any) -> Any:  # the plugin objects by their role in this run
+        return None if identity is None else sorted(
+            (name, roles.get(id(value), value)) for name, value in identity.items())
+
+    environ = Request.blank("/").environ
+    try:
+        answer: Any = shown(factory(environ).authenticate())
+    except RuntimeError as exc:
+        answer = ("raised", str(exc))
+    return (answer, environ.get("REMOTE_USER", "unset"),
+            shown(environ.get("repoze.who.identity")), identifier.calls, authenticator.calls)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["two-plugins", "one-plugin-as-both"])
+@pytest.mark.parametrize("raises", ["", "identify", "authenticate"])
+@pytest.mark.parametrize("userid", [None, "", 0, "bob"])
+@pytest.mark.parametrize("identity", [None, {}, {"login": "x"}])
+def test_the_unranked_path_answers_as_stock_whatever_the_plugins_return(
+        identity, userid, raises, shared):
+    """Stock keeps an identity that is not None (even ``{}``) and a userid that is not None
+    (even ``""`` or ``0``); what a plugin raises reaches the caller."""
+    def run(make: Any) -> tuple:
+        identifier = Scripted(identity, userid, raises)
+        authenticator = identifier if shared else Scripted(None, userid, raises)
+        return _authenticate_once(make, identifier, authenticator)
+
+    expected = run(stock)
+    assert run(ours) == expected
+    assert run(ours_logged) == expected
+    if identity is not None and userid is not None and not raises:
+        assert expected[1] == userid  # the falsy userids are users, as on stock
+
 def test_the_scenarios_cover_what_they_claim():
     """The comparisons above are only worth something if the stock answers differ."""
     answers = {name: _run(stock, seen_app, *SCENARIOS[name]) for name in SCENARIOS}
