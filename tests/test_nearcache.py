@@ -1131,6 +1131,34 @@ def test_a_full_near_cache_drops_its_oldest_tenth():
     assert held == keys[-len(held):] and len(held) >= 90
 
 
+
+def test_near_hits_of_two_caches_in_one_request_are_all_recorded(memcached):
+    """Each near-cache hit adds its outcome to what the request already holds (another
+    cache's, or the app's), as a hit from memcached does."""
+    caches = [near_plugin(memcached, CountingAuthenticator(), CountingMetadata(), name=name,
+                          key_prefix=name, mdprovider_name="md", negative_ttl="60")
+              for name in ("outer", "inner")]
+
+    def request(password: str, before: dict | None = None) -> dict:
+        environ = {} if before is None else {ENVIRON_KEY: before}
+        identity = {"login": "alice", "password": password}
+        for cache in caches:
+            userid = cache.authenticate(environ, identity)
+            if userid is not None:
+                identity["repoze.who.userid"] = userid
+                cache.add_metadata(environ, identity)
+        return environ[ENVIRON_KEY]
+
+    every = {AUTHENTICATE: "miss", ADD_METADATA: "miss"}
+    assert request("wonderland") == {"outer": every, "inner": every}
+    assert request("wrong") == {"outer": {AUTHENTICATE: "miss"}, "inner": {AUTHENTICATE: "miss"}}
+    near = {AUTHENTICATE: "local_hit", ADD_METADATA: "local_hit"}
+    assert request("wonderland") == {"outer": near, "inner": near}
+    assert request("wonderland", {"app": {"x": "y"}}) == {
+        "app": {"x": "y"}, "outer": near, "inner": near}
+    denied = {AUTHENTICATE: "local_negative_hit"}
+    assert request("wrong") == {"outer": denied, "inner": denied}
+
 def test_debug_log_of_near_hits_follows_the_log_level(memcached, caplog):
     plugin = near_plugin(memcached, CountingAuthenticator(), local_check_interval=str(INTERVAL))
     auth(plugin)
