@@ -204,7 +204,6 @@ def test_a_single_identifier_and_authenticator_take_the_unranked_path(monkeypatc
     assert status == "200 OK" and b"'second:bob'" in body
 
 
-
 @implementer(IIdentifier, IAuthenticator, IMetadataProvider)
 class Scripted:
     """Identifies as ``identity``, authenticates as ``userid`` (or raises ``raises`` from
@@ -274,6 +273,7 @@ def test_the_unranked_path_answers_as_stock_whatever_the_plugins_return(
     assert run(ours_logged) == expected
     if identity is not None and userid is not None and not raises:
         assert expected[1] == userid  # the falsy userids are users, as on stock
+
 
 def test_the_scenarios_cover_what_they_claim():
     """The comparisons above are only worth something if the stock answers differ."""

@@ -1131,7 +1131,6 @@ def test_a_full_near_cache_drops_its_oldest_tenth():
     assert held == keys[-len(held):] and len(held) >= 90
 
 
-
 def test_near_hits_of_two_caches_in_one_request_are_all_recorded(memcached):
     """Each near-cache hit adds its outcome to what the request already holds (another
     cache's, or the app's), as a hit from memcached does."""
@@ -1158,6 +1157,7 @@ def test_near_hits_of_two_caches_in_one_request_are_all_recorded(memcached):
         "app": {"x": "y"}, "outer": near, "inner": near}
     denied = {AUTHENTICATE: "local_negative_hit"}
     assert request("wrong") == {"outer": denied, "inner": denied}
+
 
 def test_debug_log_of_near_hits_follows_the_log_level(memcached, caplog):
     plugin = near_plugin(memcached, CountingAuthenticator(), local_check_interval=str(INTERVAL))
