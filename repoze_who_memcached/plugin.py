@@ -44,6 +44,12 @@ MIN_SECRET_BYTES = 32  # and not guessable: options.check_secret_strength
 _SIMPLE_TYPES = (str, bytes, int, float, bool, type(None))
 
 
+def _fingerprint_of(plugin: Any) -> bytes:
+    """The wrapped plugin's :func:`plugin_fingerprint`; nothing while none is bound yet
+    (a plugin named by ``authenticator_name`` is found at the first request)."""
+    return plugin_fingerprint(plugin) if plugin is not None else b""
+
+
 @implementer(IAuthenticator, IMetadataProvider)
 class CachingPlugin:
     """Caches a wrapped authenticator's and/or metadata provider's answers in memcached.
@@ -161,7 +167,7 @@ class CachingPlugin:
     @authenticator.setter
     def authenticator(self, plugin: Any) -> None:
         self._authenticator = plugin
-        fingerprint = plugin_fingerprint(plugin) if plugin is not None else b""
+        fingerprint = _fingerprint_of(plugin)
         if self.shield is not None:
             self.shield.scope = scope_digest(fingerprint) if fingerprint else b""
         self._entry_heads[AUTHENTICATE] = self.region.keys.entry_head(
@@ -175,7 +181,7 @@ class CachingPlugin:
     def mdprovider(self, plugin: Any) -> None:
         self._mdprovider = plugin
         self._entry_heads[ADD_METADATA] = self.region.keys.entry_head(
-            ADD_METADATA, self._scope(plugin_fingerprint(plugin) if plugin is not None else b""))
+            ADD_METADATA, self._scope(_fingerprint_of(plugin)))
 
     def _scope(self, fingerprint: bytes, key_items: tuple[str, ...] | None = None) -> bytes:
         """What an entry's answer depends on besides its items: the wrapped plugin (its
