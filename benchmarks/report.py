@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -137,13 +138,15 @@ def _header(results: dict[str, Any]) -> list[str]:
                  f"{s['http']['client_threads']} client threads on raw keep-alive sockets; "
                  f"Zipf: {s['http']['rounds']} rounds x {s['http']['seconds']} s per stack, "
                  f"s={s['http']['zipf_s']} over {s['http']['users']} LDAP users; hot: "
-                 f"{s['http'].get('hot_rounds') or s['http']['rounds']} rounds x "
-                 f"{s['http']['hot_seconds']} s per stack, between two noauth halves"],
+                 f"{s['http']['hot_groups']} ABBA groups per stack of "
+                 f"{s['http']['hot_slice_seconds']} s slices (noauth, the stack, the stack, "
+                 "noauth) over one pool of connections"],
         ["latency-link", f"{s['latency-link']['delay'] * 1e3:.2f} ms each way through "
                          f"the relay; {s['latency-link']['rounds']} rounds of ~"
                          f"{s['latency-link']['batch_seconds'] * 1000:.0f} ms per case; "
-                         f"HTTP {s['latency-link']['http']['rounds']} rounds x "
-                         f"{s['latency-link']['http']['seconds']} s per stack, "
+                         f"HTTP {s['latency-link']['http']['rounds']} Zipf rounds x "
+                         f"{s['latency-link']['http']['seconds']} s per stack and "
+                         f"{s['latency-link']['http']['hot_groups']} hot ABBA groups, "
                          f"{s['latency-link']['http']['client_threads']} client threads, "
                          f"{s['latency-link']['http']['server_threads']} server threads"]
         if "latency-link" in s else ["latency-link", "-"],
@@ -278,13 +281,14 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
         lines += [targets_note, ""] if targets_note else []
         lines += _table(["requests/s ratio", "meaning", "", "why", "measured", "target"],
                         rows, text=4)
-        lines += ["Hot ratios: the median, over rounds, of each stack's requests/s over "
-                  "`noauth`'s measured around it: noauth, the stack, the stack, noauth "
-                  "(ABBA, each half a phase), the stack's two halves over the two noauth "
-                  "halves (the machine's speed drifts over seconds: each stack is compared "
-                  "with its own baseline, and a steady drift cancels out). Zipf ratios: "
-                  "median of per-round ratios to `uncached` over the warm "
-                  "rounds (round 2 on; round 1 starts from an empty cache, and is in the "
+        lines += ["Hot ratios: the median, over ABBA groups, of each stack's requests/s over "
+                  "`noauth`'s measured around it: one pool of keep-alive connections asks for "
+                  "noauth, the stack, the stack, noauth, a slice each (a fraction of a "
+                  "second), and each slice's rate is counted after the previous stack's last "
+                  "response (the machine's speed drifts over seconds: each stack is compared "
+                  "with its own baseline, and a steady drift cancels out; `benchmarks/abba.py` "
+                  "says how). Zipf ratios: median of per-round ratios to `uncached` over the "
+                  "warm rounds (round 2 on; round 1 starts from an empty cache, and is in the "
                   "tables below).", ""]
     lines += [f"python-ldap: {h.get('python_ldap', 'not measured')}. Refresh-ahead: "
               f"{h.get('refresh_ahead', 'not measured')}.", ""]
@@ -303,6 +307,9 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
         "hot": "only the most popular users, cached beforehand: every cached request is a hit",
     }
     for name, w in h["workloads"].items():
+        if "groups" in w:
+            lines += _hot_workload(w, titles.get(name, ""))
+            continue
         lines += [f"**Workload {name}** ({w['users']:,} users, {w['seconds']} s per stack and "
                   f"round): {titles.get(name, '')}.", ""]
         rows = []
@@ -336,6 +343,32 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
     lines += [f"User binds during workload zipf counted by the authenticators: "
               f"{h['user_binds_counted']:,}; in slapd's log over the same time: "
               f"{h['user_binds_in_slapd_log']:,}.", ""]
+    return lines
+
+
+def _hot_workload(w: dict[str, Any], title: str) -> list[str]:
+    """The sliced ABBA workload: per stack, its rate, ratio and the spread of its groups."""
+    lines = [f"**Workload hot** ({w['users']:,} users; {w['groups_per_stack']} ABBA groups per "
+             f"stack, slices of {w['slice_seconds']} s, each counted from "
+             f"{w['settle_seconds'] * 1e3:.0f} ms after the switch or after the previous "
+             f"stack's last response): {title}.", ""]
+    rows = []
+    for target, s in w["summary"].items():
+        ratios = [g["ratio"] for g in w["groups"] if g["target"] == target]
+        spread = "-"
+        if len(ratios) >= 4:
+            q = statistics.quantiles(ratios, n=4)
+            spread = f"{q[0]:.3f} to {q[2]:.3f}"
+        rows.append([f"`{target}`", f"{s['rps']:,.0f}", f"{s['rps_over_noauth']:.3f}", spread,
+                     f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}",
+                     _opt_us(s["cpu_us_per_request"]),
+                     "-" if s["server_busy"] is None else f"{100 * s['server_busy']:.0f}%",
+                     f"{s['requests']:,}", s["errors"], s.get("cache_hits", "-"),
+                     s.get("local_hits", "-"), s.get("cache_misses", "-"),
+                     s.get("user_binds", "-")])
+    lines += _table(["stack", "req/s (median slice)", "over noauth", "middle half of groups",
+                     "p50 ms", "p99 ms", "app CPU µs/req", "busy", "requests", "errors",
+                     "cache hits", "of which local", "misses", "user binds"], rows)
     return lines
 
 

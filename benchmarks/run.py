@@ -42,26 +42,27 @@ QUICK = Mode(
     users=1000,
     latency=latency.Settings(rounds=5, batch_seconds=0.02, profile_calls=500),
     http=throughput.Settings(rounds=2, seconds=1.0, client_threads=8, server_threads=4,
-                             users=1000, zipf_s=1.1, hot_users=50, hot_seconds=0.7),
+                             users=1000, zipf_s=1.1, hot_users=50, hot_groups=4,
+                             hot_slice_seconds=0.2),
     load=load.Settings(threads=50, processes=2, trials=1, lock_timeout=2),
     scale=scale.Settings(fills=(1, 10_000), sample=200, rounds=5, batch_seconds=0.02),
     link=link.Settings(rounds=5, batch_seconds=0.02, http=throughput.Settings(
         rounds=2, seconds=1.0, client_threads=8, server_threads=4, users=1000, zipf_s=1.1,
-        hot_users=50, hot_seconds=0.7)),
+        hot_users=50, hot_groups=2, hot_slice_seconds=0.2)),
 )
 FULL = Mode(
     name="full",
     users=10_000,
     latency=latency.Settings(rounds=15, batch_seconds=0.05, profile_calls=5000),
     http=throughput.Settings(rounds=3, seconds=4.0, client_threads=16, server_threads=8,
-                             users=10_000, zipf_s=1.1, hot_users=100, hot_seconds=2.0,
-                             hot_rounds=11),
+                             users=10_000, zipf_s=1.1, hot_users=100, hot_groups=40,
+                             hot_slice_seconds=0.25),
     load=load.Settings(threads=50, processes=3, trials=3, lock_timeout=5),
     scale=scale.Settings(fills=(1, 10_000, 1_000_000), sample=1000, rounds=15,
                          batch_seconds=0.04),
     link=link.Settings(rounds=11, batch_seconds=0.05, http=throughput.Settings(
         rounds=3, seconds=3.0, client_threads=16, server_threads=8, users=10_000, zipf_s=1.1,
-        hot_users=100, hot_seconds=2.0)),
+        hot_users=100, hot_groups=12, hot_slice_seconds=0.25)),
 )
 
 

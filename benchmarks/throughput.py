@@ -59,7 +59,7 @@ from typing import Any
 
 from repoze_who_memcached.testing import free_port, wait_for_port
 
-from . import harness, servers, stacks
+from . import abba, harness, servers, stacks
 
 BASELINE = "noauth"
 FLOOR = "floor"  # our filter with basic auth and an accept-all authenticator: no cache, no LDAP
@@ -68,7 +68,6 @@ BASE_TARGETS = (BASELINE, FLOOR, "uncached", "python-memcached", "pymemcache",
 PYTHON_LDAP_TARGETS = ("uncached[python-ldap]", "pymemcache[python-ldap]",
                        "pymemcache+local[python-ldap]")
 LOCAL_TTL = "60"
-SETTLE_SECONDS = 0.5  # unmeasured load before each phase of the hot workload
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -106,8 +105,9 @@ class Settings:
     users: int
     zipf_s: float
     hot_users: int = 100
-    hot_seconds: float = 2.0
-    hot_rounds: int | None = None  # None: ``rounds``
+    hot_groups: int = 40  # ABBA groups per stack (see benchmarks.abba)
+    hot_slice_seconds: float = 0.25
+    hot_settle_seconds: float = 0.025
 
 
 # ------------------------------------------------------------------ the server process
@@ -213,6 +213,11 @@ class ServerProcess:
                                         start_new_session=True)
         wait_for_port("127.0.0.1", self.config["port"], 30, self.process)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        """The server's pid (``taskset`` execs it: the same process)."""
+        return self.process.pid if self.process is not None else None
 
     def __exit__(self, *exc_info: Any) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -384,34 +389,17 @@ def _median(values: list[float | None]) -> float | None:
 def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Settings,
               seconds: float, headers: list[str], client_cpus: set[int],
               backends: dict[str, int | None], log: Callable[[str], None],
-              label: str, paired: bool = False) -> dict[str, Any]:
-    """Rounds interleaving the stacks; per-phase and summary figures.
-
-    ``paired``: each stack is measured between two ``noauth`` halves of its own, in the
-    order noauth, stack, stack, noauth (ABBA), each half ``seconds / 2`` long, and its ratio
-    to the baseline is its two halves' requests/s over the two noauth halves'. On this
-    shared machine the speed drifts over seconds (a baseline measured eight phases earlier
-    is another machine); ABBA cancels a steady drift, which "noauth just before" did not.
-    Every change of stack is preceded by an unmeasured ``SETTLE_SECONDS`` of the new
-    stack's load, so that what the previous one left behind (its garbage, a backlog) is
-    not counted against the next.
-    """
-    rounds_run = (settings.hot_rounds or settings.rounds) if paired else settings.rounds
-    phase_settings = Settings(**{**vars(settings), "seconds": seconds / 2 if paired
-                                 else seconds})
-    settle_settings = Settings(**{**vars(settings), "seconds": SETTLE_SECONDS})
+              label: str) -> dict[str, Any]:
+    """Rounds interleaving the stacks, a phase of ``seconds`` each; per-phase and summary
+    figures (the Zipf workload: its rounds are cold, then warm, so each is a phase)."""
+    rounds_run = settings.rounds
+    phase_settings = Settings(**{**vars(settings), "seconds": seconds})
     phases: list[dict[str, Any]] = []
     for r in range(rounds_run):
         shift = r % len(targets)
         order = list(targets[shift:] + targets[:shift])
-        if paired:
-            order = [t for target in order if target != BASELINE
-                     for t in (BASELINE, target, target, BASELINE)]
-        for position, target in enumerate(order):
+        for target in order:
             log(f"{label}: {name} round {r + 1}/{rounds_run} {target}")
-            if paired and (position == 0 or order[position - 1] != target):
-                load_phase(port, target, settle_settings, zipf, headers, seed=r * 10 + 2,
-                           client_cpus=client_cpus)
             before = get_json(port, "/_stats")
             backends_before = {k: process_cpu_seconds(pid) for k, pid in backends.items()}
             phase = load_phase(port, target, phase_settings, zipf, headers,
@@ -444,13 +432,9 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
                                        + phase["local_hits"])
                 phase["cache_misses"] = _delta(after, before, target, "cache", "misses")
             phases.append(phase)
-            if paired and position % 4 == 3:  # an ABBA group is complete
-                first, a, b, last = phases[-4:]
-                ratio = (a["rps"] + b["rps"]) / (first["rps"] + last["rps"])
-                a["rps_over_baseline"] = b["rps_over_baseline"] = ratio
 
     def rps_of(target: str, r: int) -> float:
-        """The stack's requests/s in round ``r`` (the mean of its halves when paired)."""
+        """The stack's requests/s in round ``r``."""
         return statistics.mean(p["rps"] for p in phases
                                if p["round"] == r and p["target"] == target)
 
@@ -477,7 +461,6 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
                                                    for p in mine]) for b in backends},
             "rps_over_noauth": (
                 1.0 if target == BASELINE
-                else statistics.median(p["rps_over_baseline"] for p in mine[::2]) if paired
                 else statistics.median(rps_of(target, r) / rps_of(BASELINE, r)
                                        for r in rounds)),
         }
@@ -491,6 +474,58 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
             "summary": summary, "rps_over_uncached": speedups,
             "rps_over_uncached_warm": warm_speedups,
             "warm_rounds": list(warm)}
+
+
+def _hot_workload(port: int, targets: list[str], zipf: Zipf, settings: Settings,
+                 headers: list[str], client_cpus: set[int], server_pid: int | None,
+                 backends: dict[str, int | None], log: Callable[[str], None],
+                 label: str) -> dict[str, Any]:
+    """Every stack against the baseline in sliced ABBA groups (:mod:`benchmarks.abba`),
+    over one pool of keep-alive connections; per-stack summary and per-group ratios."""
+    schedule = abba.Schedule.abba(BASELINE, targets, settings.hot_groups)
+    seconds = len(schedule.slices) * settings.hot_slice_seconds
+    log(f"{label}: hot, {settings.hot_groups} ABBA groups per stack, slices of "
+        f"{settings.hot_slice_seconds} s ({seconds:.0f} s in all)")
+    readers = {"server": lambda: process_cpu_seconds(server_pid),
+               **{b: (lambda pid=pid: process_cpu_seconds(pid)) for b, pid in backends.items()}}
+    before = get_json(port, "/_stats")
+    completions, start, readings = abba.run_clients(
+        port, schedule, {t: prepared_requests(t, headers) for t in targets},
+        {t: expected_bodies(t, len(headers)) for t in targets}, zipf.draw,
+        settings.client_threads, settings.hot_slice_seconds, client_cpus, KeepAlive, readers)
+    after = get_json(port, "/_stats")
+    measured = abba.analyse(completions, schedule, start, settings.hot_slice_seconds,
+                            settings.hot_settle_seconds, readings)
+    summary: dict[str, Any] = {}
+    for target in targets:
+        m = measured["stacks"][target]
+        requests = max(1, m["requests"])
+        cpu = m["cpu_seconds"]
+        row = {
+            "rps": m["rps"], "p50_ms": m["p50_ms"], "p99_ms": m["p99_ms"],
+            "requests": m["requests"], "errors": m["errors"], "slices": m["slices"],
+            "cpu_us_per_request": (None if cpu["server"] is None
+                                   else cpu["server"] / requests * 1e6),
+            "server_busy": None if cpu["server"] is None else cpu["server"] / m["seconds"],
+            **{f"{b}_cpu_us_per_request": (None if cpu[b] is None else cpu[b] / requests * 1e6)
+               for b in backends},
+            "rps_over_noauth": m["rps_over_baseline"],
+        }
+        # Counters over the whole workload (the slices' settling requests included).
+        if after["stacks"][target]["ldap"] is not None:
+            row["user_binds"] = _delta(after, before, target, "ldap", "user_binds")
+            row["service_binds"] = _delta(after, before, target, "ldap", "service_binds")
+        if after["stacks"][target]["cache"] is not None:
+            row["local_hits"] = _delta(after, before, target, "cache", "local_hits")
+            row["cache_hits"] = _delta(after, before, target, "cache", "hits") + row[
+                "local_hits"]
+            row["cache_misses"] = _delta(after, before, target, "cache", "misses")
+        summary[target] = row
+    return {"users": len(zipf.cumulative), "seconds": settings.hot_slice_seconds,
+            "slice_seconds": settings.hot_slice_seconds,
+            "settle_seconds": settings.hot_settle_seconds,
+            "groups_per_stack": settings.hot_groups,
+            "groups": measured["groups"], "summary": summary}
 
 
 def _get(port: int, target: str, header: str) -> None:
@@ -512,8 +547,7 @@ def evaluate_targets(workloads: dict[str, Any]) -> list[dict[str, Any]]:
         groups: list[float] = []
         if denominator == BASELINE:
             ratio = w["summary"][numerator]["rps_over_noauth"]
-            groups = [p["rps_over_baseline"] for p in w["phases"]
-                      if p["target"] == numerator and "rps_over_baseline" in p][::2]
+            groups = [g["ratio"] for g in w.get("groups", []) if g["target"] == numerator]
         else:
             ratio = w["rps_over_uncached_warm"][numerator]
         entry = {"workload": workload, "numerator": numerator, "denominator": denominator,
@@ -588,7 +622,7 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None], *,
     workloads = {}
     services = [backends["memcached"], backends["slapd"]]
     with servers.PinnedElsewhere(services, client_cpus or {lab.cpu}), \
-            ServerProcess(config, lab.cpu):
+            ServerProcess(config, lab.cpu) as server:
         # Warm the stacks' LDAP pools and connections with a user outside the Zipf draw.
         for target in targets:
             _get(port, target, stacks.basic_header("bob", "builder"))
@@ -603,9 +637,9 @@ def run(lab: Any, settings: Settings, log: Callable[[str], None], *,
         for target in filter(is_cached, targets):
             for i in range(hot_users):
                 _get(port, target, headers[i])
-        workloads["hot"] = _workload(port, "hot", targets, Zipf(hot_users, settings.zipf_s),
-                                     settings, settings.hot_seconds, headers, client_cpus,
-                                     backends, log, label, paired=True)
+        workloads["hot"] = _hot_workload(port, targets, Zipf(hot_users, settings.zipf_s),
+                                         settings, headers, client_cpus, server.pid,
+                                         backends, log, label)
     return {
         "workloads": workloads,
         "targets": evaluate_targets(workloads),

@@ -1,0 +1,207 @@
+"""Sliced ABBA load: each stack's requests/s over the baseline's, measured a slice apart.
+
+How far the server's speed drifts on this shared machine decides how well a ratio of two
+stacks' throughputs can be measured. Phases of a second each, with their own threads and
+connections, gave per-group ratios spread over ±10% (a third of that was the phases' own
+start and end: connecting, the last requests draining, which also pull every ratio towards
+1). Here one pool of keep-alive client connections runs for the whole workload, and the
+target they ask for changes every ``slice_seconds`` (a fraction of a second), in groups
+of four slices: baseline, stack, stack, baseline (ABBA: a steady drift cancels out). A
+group's ratio is the stack's two slices' rates over the baseline's two.
+
+Each slice's rate counts the responses to that slice's requests that complete inside its
+*window*: from ``settle_seconds`` after the switch, or from the last response to an earlier
+slice's request if that came later (until then the server still works for the previous
+stack), to the slice's end. The server is saturated throughout (more connections than
+server threads), so the completion rate in a window is the stack's throughput: no request
+is lost or counted twice at the slice edges, and the edges cost the two stacks alike.
+
+CPU per request: the server's (and memcached's and slapd's) user + sys time, read from
+``/proc/PID/stat`` at every slice edge, summed over a stack's slices and divided by the
+requests sent in them (10 ms clock ticks per reading; over dozens of slices the rounding
+averages out).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import threading
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import harness
+
+
+@dataclass
+class Schedule:
+    """What the clients ask for in each slice, and which slices form each group."""
+
+    baseline: str
+    slices: list[str]
+    groups: list[tuple[str, tuple[int, int, int, int]]]
+    """(stack, its four slice indexes: baseline, stack, stack, baseline)."""
+
+    @classmethod
+    def abba(cls, baseline: str, stacks: Sequence[str], groups: int) -> Schedule:
+        """``groups`` ABBA groups per stack; round ``r`` takes the stacks in an order
+        rotated by ``r``, so that no stack always follows the same one."""
+        slices: list[str] = []
+        found = []
+        others = [s for s in stacks if s != baseline]
+        for r in range(groups):
+            shift = r % len(others)
+            for stack in others[shift:] + others[:shift]:
+                first = len(slices)
+                slices += [baseline, stack, stack, baseline]
+                found.append((stack, (first, first + 1, first + 2, first + 3)))
+        return cls(baseline, slices, found)
+
+
+@dataclass
+class Completions:
+    """Every response of a run: when it arrived, in which slice its request was sent,
+    how long it took, and whether it was the expected one."""
+
+    done: np.ndarray  # perf_counter seconds
+    sent_in: np.ndarray  # slice index (-1: the warm-up before the first slice)
+    latency: np.ndarray  # seconds
+    ok: np.ndarray  # bool
+
+
+def run_clients(port: int, schedule: Schedule, requests: dict[str, list[bytes]],
+                bodies: dict[str, list[bytes]], draw: Callable[[random.Random], int],
+                threads: int, slice_seconds: float, client_cpus: set[int],
+                connect: Callable[[int], Any], cpu_readers: dict[str, Callable[[], float | None]],
+                warmup_seconds: float = 0.5) -> tuple[Completions, float, dict[str, list]]:
+    """Run the schedule; returns the completions, the first slice's start (perf_counter)
+    and, per reader, its value at every slice edge (``len(slices) + 1`` readings)."""
+    n = len(schedule.slices)
+    order = schedule.slices
+    barrier = threading.Barrier(threads + 1)
+    start_box = [0.0]
+    done = [array("d") for _ in range(threads)]
+    sent_in = [array("i") for _ in range(threads)]
+    latency = [array("d") for _ in range(threads)]
+    ok = [array("b") for _ in range(threads)]
+    failures: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
+        rng = random.Random(7919 * t + 1)
+        conn = connect(port)
+        clock = time.perf_counter
+        my_done, my_sent, my_latency, my_ok = done[t], sent_in[t], latency[t], ok[t]
+        try:
+            barrier.wait()
+            start = start_box[0]
+            end = start + n * slice_seconds
+            while True:
+                begin = clock()
+                if begin >= end:
+                    break
+                k = int((begin - start) / slice_seconds) if begin >= start else -1
+                target = order[max(k, 0)]
+                user = draw(rng)
+                status, body = conn.request(requests[target][user])
+                finish = clock()
+                my_done.append(finish)
+                my_sent.append(k)
+                my_latency.append(finish - begin)
+                my_ok.append(status == 200 and body == bodies[target][user])
+        except BaseException as exc:  # reported after the join
+            failures.append(exc)
+        finally:
+            conn.close()
+
+    pool = [threading.Thread(target=worker, args=(t,), daemon=True) for t in range(threads)]
+    for thread in pool:
+        thread.start()
+    start = start_box[0] = time.perf_counter() + warmup_seconds
+    barrier.wait()
+    readings: dict[str, list] = {name: [] for name in cpu_readers}
+    for edge in range(n + 1):
+        delay = start + edge * slice_seconds - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        for name, read in cpu_readers.items():
+            readings[name].append(read())
+    for thread in pool:
+        thread.join(60)
+    if failures:
+        raise RuntimeError(f"a client failed: {failures[0]!r}") from failures[0]
+    completions = Completions(
+        done=np.concatenate([np.frombuffer(a, dtype=np.float64) for a in done]),
+        sent_in=np.concatenate([np.frombuffer(a, dtype=np.int32) for a in sent_in]),
+        latency=np.concatenate([np.frombuffer(a, dtype=np.float64) for a in latency]),
+        ok=np.concatenate([np.frombuffer(a, dtype=np.int8) for a in ok]).astype(bool))
+    return completions, start, readings
+
+
+def slice_rates(c: Completions, n: int, start: float, slice_seconds: float,
+                settle_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slice: its rate (responses to its requests inside its window over the window's
+    length), the number of its requests, and the window's mask over the completions."""
+    begins = start + np.arange(n) * slice_seconds
+    ends = begins + slice_seconds
+    completed_in = np.floor((c.done - start) / slice_seconds).astype(np.int64)
+    # The last response, in each slice, to a request sent in an earlier one.
+    late = np.full(n, -np.inf)
+    carried = (completed_in > c.sent_in) & (completed_in >= 0) & (completed_in < n)
+    np.maximum.at(late, completed_in[carried], c.done[carried])
+    window_start = np.maximum(begins + settle_seconds, late)
+    valid = (c.sent_in >= 0) & (c.sent_in < n)
+    k = np.where(valid, c.sent_in, 0)
+    inside = valid & (c.done >= window_start[k]) & (c.done < ends[k])
+    counted = np.bincount(k[inside], minlength=n)
+    sent = np.bincount(k[valid], minlength=n)
+    lengths = np.maximum(ends - window_start, 1e-9)
+    return counted / lengths, sent, inside
+
+
+def analyse(c: Completions, schedule: Schedule, start: float, slice_seconds: float,
+            settle_seconds: float, readings: dict[str, list]) -> dict[str, Any]:
+    """Per stack: its groups' ratios, requests/s, latency, CPU per request (server and the
+    readers'), errors; the baseline's figures over all its slices."""
+    n = len(schedule.slices)
+    rates, sent, inside = slice_rates(c, n, start, slice_seconds, settle_seconds)
+    sent_in = c.sent_in
+    result: dict[str, Any] = {"groups": [], "stacks": {}}
+    for stack, (a1, x1, x2, a2) in schedule.groups:
+        ratio = (rates[x1] + rates[x2]) / (rates[a1] + rates[a2])
+        result["groups"].append({"target": stack, "ratio": float(ratio),
+                                 "rps": [float(rates[i]) for i in (a1, x1, x2, a2)]})
+    for stack in dict.fromkeys(schedule.slices):
+        mine = [i for i, s in enumerate(schedule.slices) if s == stack]
+        mask = np.isin(sent_in, mine)
+        window = inside & mask
+        lat = np.sort(c.latency[window])
+        requests = int(sent[mine].sum())
+        seconds = len(mine) * slice_seconds
+        cpu: dict[str, float | None] = {}
+        for name, values in readings.items():
+            spent = [values[i + 1] - values[i] for i in mine
+                     if values[i] is not None and values[i + 1] is not None]
+            cpu[name] = sum(spent) if len(spent) == len(mine) else None
+        ratios = [g["ratio"] for g in result["groups"] if g["target"] == stack]
+        result["stacks"][stack] = {
+            "rps": float(statistics.median(rates[mine])),
+            "p50_ms": harness.percentile(lat.tolist(), 0.50) * 1e3 if len(lat) else None,
+            "p99_ms": harness.percentile(lat.tolist(), 0.99) * 1e3 if len(lat) else None,
+            "requests": requests,
+            "errors": int((~c.ok[mask]).sum()),
+            "slices": len(mine),
+            "cpu_seconds": cpu,
+            "seconds": seconds,
+            "rps_over_baseline": (1.0 if stack == schedule.baseline
+                                  else float(statistics.median(ratios))),
+            "group_ratios": ratios,
+        }
+    return result

@@ -1,0 +1,85 @@
+"""The sliced ABBA analysis of ``make bench`` (pure logic: synthetic completions).
+
+A slice's rate must be the completion rate of its own stack's requests inside its window,
+whatever the previous slice left in flight, so that a ratio of two stacks' rates is theirs
+and not the edges'.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from benchmarks import abba
+
+
+def closed_loop(schedule: abba.Schedule, rates: dict[str, float], slice_seconds: float,
+                threads: int, start: float = 100.0) -> abba.Completions:
+    """What ``threads`` clients record against a saturated server: each client sends its
+    next request as its response arrives (for the stack of the slice it is sent in); the
+    server answers one request at a time, first come first served, each in ``1 / rate`` of
+    its stack."""
+    end = start + len(schedule.slices) * slice_seconds
+    pending = collections.deque((start - 0.05, -1) for _ in range(threads))
+    done, sent_in, latency = [], [], []
+    clock = start - 0.05
+    while pending:
+        sent, k = pending.popleft()
+        clock = max(clock, sent) + 1 / rates[schedule.slices[max(k, 0)]]
+        done.append(clock)
+        sent_in.append(k)
+        latency.append(clock - sent)
+        if clock < end:
+            pending.append((clock, int((clock - start) // slice_seconds)))
+    return abba.Completions(np.array(done), np.array(sent_in, dtype=np.int32),
+                            np.array(latency), np.ones(len(done), dtype=bool))
+
+
+def test_the_schedule_puts_each_stack_between_two_baseline_slices_in_rotating_order():
+    schedule = abba.Schedule.abba("noauth", ["noauth", "a", "b"], groups=2)
+    assert schedule.slices == ["noauth", "a", "a", "noauth", "noauth", "b", "b", "noauth",
+                               "noauth", "b", "b", "noauth", "noauth", "a", "a", "noauth"]
+    assert [g[0] for g in schedule.groups] == ["a", "b", "b", "a"]
+    for stack, indexes in schedule.groups:
+        assert [schedule.slices[i] for i in indexes] == ["noauth", stack, stack, "noauth"]
+
+
+@pytest.mark.parametrize("slow", [700.0, 4000.0, 6000.0])
+def test_slice_rates_are_each_stacks_own_whatever_the_edges_carry(slow):
+    schedule = abba.Schedule.abba("noauth", ["noauth", "x"], groups=5)
+    rates = {"noauth": 7000.0, "x": slow}
+    completions = closed_loop(schedule, rates, slice_seconds=0.25, threads=16)
+    measured = abba.analyse(completions, schedule, 100.0, 0.25, 0.025,
+                            {"server": [float(i) for i in range(len(schedule.slices) + 1)]})
+    ratios = [g["ratio"] for g in measured["groups"]]
+    assert len(ratios) == 5
+    for ratio in ratios:
+        assert ratio == pytest.approx(slow / 7000.0, rel=0.005)
+    assert measured["stacks"]["x"]["rps_over_baseline"] == pytest.approx(slow / 7000.0,
+                                                                         rel=0.005)
+    assert measured["stacks"]["noauth"]["rps"] == pytest.approx(7000.0, rel=0.005)
+    # One CPU second per slice: the stack's CPU is its slices'.
+    assert measured["stacks"]["x"]["cpu_seconds"]["server"] == 10.0
+
+
+def test_a_window_opens_only_after_the_previous_stacks_last_response():
+    # One response to slice 0's request lands 0.1 s into slice 1: slice 1's window starts
+    # there, not at the 25 ms settle, so its 10 own responses are over 0.15 s.
+    done = [0.5] + [1.0 + 0.1 + 0.01 * i for i in range(10)] + [1.1]
+    sent_in = [0] + [1] * 10 + [0]
+    completions = abba.Completions(np.array(done), np.array(sent_in, dtype=np.int32),
+                                   np.zeros(len(done)), np.ones(len(done), dtype=bool))
+    rates, sent, _ = abba.slice_rates(completions, 2, 0.0, 1.0, 0.025)
+    assert sent.tolist() == [2, 10]
+    assert rates[1] == pytest.approx(10 / 0.9)  # window 1.1 .. 2.0
+
+
+def test_errors_are_counted_against_the_stack_that_answered_them():
+    schedule = abba.Schedule.abba("noauth", ["noauth", "x"], groups=1)
+    completions = closed_loop(schedule, {"noauth": 5000.0, "x": 5000.0}, 0.25, 4)
+    completions.ok[(completions.sent_in == 1)] = False
+    measured = abba.analyse(completions, schedule, 100.0, 0.25, 0.025, {})
+    assert measured["stacks"]["x"]["errors"] == int((completions.sent_in == 1).sum()) > 0
+    assert measured["stacks"]["noauth"]["errors"] == 0
