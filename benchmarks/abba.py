@@ -1,20 +1,23 @@
 """Sliced ABBA load: each stack's requests/s over the baseline's, measured a slice apart.
 
 How far the server's speed drifts on this shared machine decides how well a ratio of two
-stacks' throughputs can be measured. Phases of a second each, with their own threads and
-connections, gave per-group ratios spread over ±10% (a third of that was the phases' own
-start and end: connecting, the last requests draining, which also pull every ratio towards
-1). Here one pool of keep-alive client connections runs for the whole workload, and the
-target they ask for changes every ``slice_seconds`` (a fraction of a second), in groups
-of four slices: baseline, stack, stack, baseline (ABBA: a steady drift cancels out). A
-group's ratio is the stack's two slices' rates over the baseline's two.
+stacks' throughputs can be measured. Phases of a second each, every one with its own client
+threads and connections, gave per-group ratios whose middle half spread over 0.14 (0.76 to
+0.90 for one stack in eleven groups); and a phase's start (connecting) and end (the last
+requests draining while part of the server idles) cost a fast and a slow stack the same
+time, which pulls their ratio towards 1. Here one pool of keep-alive client connections runs
+for the whole workload, and the target they ask for changes every ``slice_seconds`` (a
+fraction of a second), in groups of four slices: baseline, stack, stack, baseline (ABBA: a
+steady drift cancels out). A group's ratio is the stack's two slices' rates over the
+baseline's two.
 
 Each slice's rate counts the responses to that slice's requests that complete inside its
 *window*: from ``settle_seconds`` after the switch, or from the last response to an earlier
 slice's request if that came later (until then the server still works for the previous
 stack), to the slice's end. The server is saturated throughout (more connections than
-server threads), so the completion rate in a window is the stack's throughput: no request
-is lost or counted twice at the slice edges, and the edges cost the two stacks alike.
+server threads), so the completion rate in a window is the stack's throughput. A request
+that straddles an edge counts in no window, which takes nothing from a rate (responses per
+second of the window), and the edges cost the two stacks alike.
 
 CPU per request: the server's (and memcached's and slapd's) user + sys time, read from
 ``/proc/PID/stat`` at every slice edge, summed over a stack's slices and divided by the

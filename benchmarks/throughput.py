@@ -23,17 +23,21 @@ the server process was (CPU seconds over wall seconds): near 100% means the serv
 client, set the pace.
 
 Two workloads. *zipf*: users drawn from a Zipf distribution over the generated LDAP users;
-rounds interleave the stacks; round 1 of a cached stack starts from an empty cache
-(cold), later rounds find what earlier rounds cached (warm). *hot*: the most popular users
-only, cached beforehand, so the cached stacks never miss: the cache's own capacity.
+rounds interleave the stacks, a phase each; round 1 of a cached stack starts from an empty
+cache (cold), later rounds find what earlier rounds cached (warm). *hot*: the most popular
+users only, cached beforehand, so the cached stacks never miss: the cache's own capacity,
+each stack against ``noauth`` in sliced ABBA groups over one pool of connections
+(:mod:`benchmarks.abba`).
 
 LDAP binds per 1000 requests are user binds (a bind as the user's DN, counted by the
 authenticator and cross-checked against slapd's log); service binds (the pooled search
 connections) are reported apart.
 
-CPU per request: the server process's user + sys time over a phase (its own accounting,
-``resource.getrusage``) divided by the requests served; memcached's and slapd's beside it
-(``/proc/PID/stat``, in clock ticks: 10 ms resolution over seconds of load).
+CPU per request: the server process's user + sys time (its own accounting), over a Zipf
+phase from ``resource.getrusage`` (``/_stats``), over the hot workload's slices from
+``/proc/PID/stat`` read at every slice edge; divided by the requests served. memcached's
+and slapd's beside it (``/proc/PID/stat``, in clock ticks: 10 ms resolution, over seconds
+of load).
 """
 
 from __future__ import annotations
