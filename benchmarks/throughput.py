@@ -67,6 +67,11 @@ from . import abba, harness, servers, stacks
 
 BASELINE = "noauth"
 FLOOR = "floor"  # our filter with basic auth and an accept-all authenticator: no cache, no LDAP
+# Lab stacks with a known cost, to check the measurement itself (benchmarks/abba_check.py):
+# the bare app under another name (A/A), and ``burn<N>``: the bare app after N iterations
+# of an empty loop.
+COPY = "noauth-copy"
+BURN = "burn"
 BASE_TARGETS = (BASELINE, FLOOR, "uncached", "python-memcached", "pymemcache",
                 "pymemcache+local")
 PYTHON_LDAP_TARGETS = ("uncached[python-ldap]", "pymemcache[python-ldap]",
@@ -96,8 +101,30 @@ TARGETS = (
 )
 
 
+def burn_iterations(target: str) -> int | None:
+    """N of a ``burn<N>`` lab stack, None for any other target."""
+    digits = target[len(BURN):]
+    return int(digits) if target.startswith(BURN) and digits.isdigit() else None
+
+
+def is_bare(target: str) -> bool:
+    """The bare app, no authentication: the baseline and the lab stacks."""
+    return target in (BASELINE, COPY) or burn_iterations(target) is not None
+
+
+def burning(app: Callable, iterations: int) -> Callable:
+    """``app`` after a fixed CPU burn: a stack whose extra cost per request is known
+    (calibrated in process), against which a measured ratio can be checked."""
+    def burned(environ: dict, start_response: Callable) -> list[bytes]:
+        for _ in range(iterations):
+            pass
+        return app(environ, start_response)
+    return burned
+
+
 def is_cached(target: str) -> bool:
-    return target not in (BASELINE, FLOOR, "uncached") and not target.startswith("uncached[")
+    return (target not in (BASELINE, FLOOR, "uncached") and not target.startswith("uncached[")
+            and not is_bare(target))
 
 
 @dataclass
@@ -133,8 +160,10 @@ def build_stacks(config: dict[str, Any]) -> dict[str, Callable]:
     for target in config["targets"]:
         base, _, library = target.partition("[")
         library = library.rstrip("]") or None
-        if target == BASELINE:
+        if target in (BASELINE, COPY):
             built[target] = app
+        elif (iterations := burn_iterations(target)) is not None:
+            built[target] = burning(app, iterations)
         elif target == FLOOR:
             built[target] = stacks.our_floor(app)
         elif base == "uncached":
@@ -161,7 +190,7 @@ def build_server_app(config: dict[str, Any]) -> Callable:
         result: dict[str, Any] = {"cpu_seconds": usage.ru_utime + usage.ru_stime,
                                   "stacks": {}}
         for name, mw in stacks_by_name.items():
-            if name in (BASELINE, FLOOR):
+            if name == FLOOR or is_bare(name):
                 result["stacks"][name] = {"ldap": None, "cache": None}
                 continue
             caches = getattr(mw, "cache_plugins", [])
@@ -301,7 +330,7 @@ def prepared_requests(target: str, headers: list[str]) -> list[bytes]:
 
 def expected_bodies(target: str, users: int) -> list[bytes]:
     """What the app answers each user: its login, or ``-`` where nobody authenticates."""
-    if target == BASELINE:
+    if is_bare(target):
         return [b"-"] * users
     return [servers.login_of(i).encode() for i in range(users)]
 
