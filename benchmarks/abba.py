@@ -11,7 +11,7 @@ fraction of a second), in groups of four slices: baseline, stack, stack, baselin
 steady drift cancels out). A group's ratio is the stack's two slices' rates over the
 baseline's two.
 
-Each slice's rate counts the responses to that slice's requests that complete inside its
+Each slice's rate counts the right answers to that slice's requests that complete inside its
 *window*: from ``settle_seconds`` after the switch, or from the last response to an earlier
 slice's request if that came later (until then the server still works for the previous
 stack), to the slice's end. The server is saturated throughout (more connections than
@@ -150,8 +150,8 @@ def run_clients(port: int, schedule: Schedule, requests: dict[str, list[bytes]],
 
 def slice_rates(c: Completions, n: int, start: float, slice_seconds: float,
                 settle_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per slice: its rate (responses to its requests inside its window over the window's
-    length), the number of its requests, and the window's mask over the completions."""
+    """Per slice: its rate (right answers to its requests inside its window over the
+    window's length), the number of its requests, and the mask of the counted answers."""
     begins = start + np.arange(n) * slice_seconds
     ends = begins + slice_seconds
     completed_in = np.floor((c.done - start) / slice_seconds).astype(np.int64)
@@ -162,7 +162,9 @@ def slice_rates(c: Completions, n: int, start: float, slice_seconds: float,
     window_start = np.maximum(begins + settle_seconds, late)
     valid = (c.sent_in >= 0) & (c.sent_in < n)
     k = np.where(valid, c.sent_in, 0)
-    inside = valid & (c.done >= window_start[k]) & (c.done < ends[k])
+    # Only right answers count: a stack that answers some requests wrongly (a fast 401, a
+    # 500) has not served them.
+    inside = valid & (c.done >= window_start[k]) & (c.done < ends[k]) & c.ok
     counted = np.bincount(k[inside], minlength=n)
     sent = np.bincount(k[valid], minlength=n)
     lengths = np.maximum(ends - window_start, 1e-9)

@@ -268,7 +268,9 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
         rows = []
         for t in h["targets"]:
             why = ""
-            if not t["met"] and t.get("bound_from_misses"):
+            if t.get("errors"):
+                why = f"{t['errors']} wrong answers: the ratio does not count"
+            elif not t["met"] and t.get("bound_from_misses"):
                 why = (f"{t['warm_user_binds_per_1000']:.0f} of 1000 requests in the warm "
                        "rounds were still first sightings (an LDAP search + bind each): even "
                        f"free hits would give at most {t['bound_from_misses']:.1f}x")

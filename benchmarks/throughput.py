@@ -583,9 +583,12 @@ def evaluate_targets(workloads: dict[str, Any]) -> list[dict[str, Any]]:
             groups = [g["ratio"] for g in w.get("groups", []) if g["target"] == numerator]
         else:
             ratio = w["rps_over_uncached_warm"][numerator]
+        # A wrong answer on either side (a fast 401, a 500) makes the ratio no measure of
+        # serving the app: no target is met with one.
+        errors = w["summary"][numerator]["errors"] + w["summary"][denominator]["errors"]
         entry = {"workload": workload, "numerator": numerator, "denominator": denominator,
-                 "meaning": meaning, "target": minimum, "ratio": ratio,
-                 "met": ratio >= minimum}
+                 "meaning": meaning, "target": minimum, "ratio": ratio, "errors": errors,
+                 "met": ratio >= minimum and errors == 0}
         if len(groups) >= 4:
             # The middle half of the ABBA groups' ratios: how far one group is from the next
             # on this machine (the median's own uncertainty is smaller, by about sqrt(n)).

@@ -83,3 +83,30 @@ def test_errors_are_counted_against_the_stack_that_answered_them():
     measured = abba.analyse(completions, schedule, 100.0, 0.25, 0.025, {})
     assert measured["stacks"]["x"]["errors"] == int((completions.sent_in == 1).sum()) > 0
     assert measured["stacks"]["noauth"]["errors"] == 0
+
+
+def test_wrong_answers_are_not_throughput():
+    # A stack as fast as the baseline that answers every other request wrongly (a 401
+    # instead of the app, say) serves half the baseline's right answers per second.
+    schedule = abba.Schedule.abba("noauth", ["noauth", "x"], groups=3)
+    completions = closed_loop(schedule, {"noauth": 6000.0, "x": 6000.0}, 0.25, 16)
+    of_x = np.isin(completions.sent_in, [i for i, s in enumerate(schedule.slices) if s == "x"])
+    completions.ok[np.flatnonzero(of_x)[::2]] = False
+    measured = abba.analyse(completions, schedule, 100.0, 0.25, 0.025, {})
+    assert measured["stacks"]["x"]["rps_over_baseline"] == pytest.approx(0.5, rel=0.01)
+    assert measured["stacks"]["x"]["rps"] == pytest.approx(3000.0, rel=0.01)
+    assert measured["stacks"]["x"]["errors"] == int(of_x.sum() + 1) // 2
+
+
+@pytest.mark.parametrize("side", ["numerator", "denominator"])
+def test_a_ratio_with_wrong_answers_on_either_side_does_not_meet_its_target(side):
+    from benchmarks import throughput
+
+    errors = {"numerator": 0, "denominator": 0, side: 7}
+    workloads = {"hot": {"groups": [], "summary": {
+        "noauth": {"rps_over_noauth": 1.0, "errors": errors["denominator"]},
+        "pymemcache+local": {"rps_over_noauth": 0.95, "errors": errors["numerator"]}}}}
+    [entry] = throughput.evaluate_targets(workloads)
+    assert (entry["numerator"], entry["denominator"]) == ("pymemcache+local", "noauth")
+    assert entry["met"] is False
+    assert entry["errors"] == 7
