@@ -3,16 +3,20 @@
 How far the server's speed drifts on this shared machine decides how well a ratio of two
 stacks' throughputs can be measured. Phases of a second each, every one with its own client
 threads and connections, gave per-group ratios whose middle half spread over 0.14 (0.76 to
-0.90 for one stack in eleven groups); and a phase's start (connecting) and end (the last
-requests draining while part of the server idles) cost a fast and a slow stack the same
-time, which pulls their ratio towards 1. Here one pool of keep-alive client connections runs
-for the whole workload, and the target they ask for changes every ``slice_seconds`` (a
-fraction of a second), in groups of four slices: baseline, stack, stack, baseline (ABBA: a
-steady drift cancels out). A group's ratio is the stack's two slices' rates over the
-baseline's two.
+0.90 for one stack in eleven groups): a second apart, the machine is another machine. (A
+phase's start and end, the same dead time for a fast and a slow stack, scale both rates by
+the same factor and all but cancel in their ratio: on stacks of known cost, an identical
+copy of the baseline and the baseline after a calibrated CPU burn, such phases measured the
+expected ratio within their noise, as these slices do; see ``benchmarks/abba_check.py``.
+What slices buy is a smaller spread, not the removal of a bias.) Here one pool of
+keep-alive client connections runs for the whole workload, and the target they ask for
+changes every ``slice_seconds`` (a fraction of a second), in groups of four slices:
+baseline, stack, stack, baseline (ABBA: a steady drift cancels out). A group's ratio is the
+stack's two slices' rates over the baseline's two; the median over groups comes with its
+distribution-free 95% interval (:func:`median_interval`).
 
-Each slice's rate counts the right answers to that slice's requests that complete inside its
-*window*: from ``settle_seconds`` after the switch, or from the last response to an earlier
+Each slice's rate counts the right answers to that slice's requests that complete inside
+its *window*: from ``settle_seconds`` after the switch, or from the last response to an earlier
 slice's request if that came later (until then the server still works for the previous
 stack), to the slice's end. The server is saturated throughout (more connections than
 server threads), so the completion rate in a window is the stack's throughput. A request
@@ -27,6 +31,7 @@ averages out).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import statistics
@@ -76,6 +81,23 @@ class Completions:
     sent_in: np.ndarray  # slice index (-1: the warm-up before the first slice)
     latency: np.ndarray  # seconds
     ok: np.ndarray  # bool
+
+
+def median_interval(values: Sequence[float],
+                    confidence: float = 0.95) -> tuple[float, float] | None:
+    """The distribution-free interval around the median of ``values``: the ``k``-th
+    smallest to the ``k``-th largest, ``k`` the largest with P(Binomial(n, 1/2) < k) at
+    most (1 - confidence) / 2; None if even the smallest and largest are not enough. Says
+    how far the groups' median could be from the stack's true ratio, as the middle half
+    (how far one group is from the next) does not."""
+    ordered = sorted(values)
+    n = len(ordered)
+    tail = (1 - confidence) / 2
+    below, k = 0.0, 0  # below: P(Binomial(n, 1/2) <= k - 1)
+    while k < n // 2 and below + math.comb(n, k) / 2 ** n <= tail:
+        below += math.comb(n, k) / 2 ** n
+        k += 1
+    return (ordered[k - 1], ordered[n - k]) if k else None
 
 
 def run_clients(port: int, schedule: Schedule, requests: dict[str, list[bytes]],

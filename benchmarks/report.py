@@ -278,8 +278,10 @@ def _http(h: dict[str, Any], title: str = "## Throughput over HTTP",
                          t["meaning"], "met" if t["met"] else "**missed**", why,
                          f"**{t['ratio']:.2f}**" + (
                              f" (middle half of {t['groups']} groups: "
-                             f"{t['middle_half'][0]:.2f} to {t['middle_half'][1]:.2f})"
-                             if t.get("middle_half") else ""),
+                             f"{t['middle_half'][0]:.2f} to {t['middle_half'][1]:.2f}"
+                             + (f"; the median's 95% interval: {t['median_ci95'][0]:.3f} to "
+                                f"{t['median_ci95'][1]:.3f}" if t.get("median_ci95") else "")
+                             + ")" if t.get("middle_half") else ""),
                          f"≥ {t['target']:.2f}"])
         lines += [targets_note, ""] if targets_note else []
         lines += _table(["requests/s ratio", "meaning", "", "why", "measured", "target"],

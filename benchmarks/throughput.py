@@ -595,6 +595,8 @@ def evaluate_targets(workloads: dict[str, Any]) -> list[dict[str, Any]]:
             quartiles = statistics.quantiles(groups, n=4)
             entry["groups"] = len(groups)
             entry["middle_half"] = [quartiles[0], quartiles[2]]
+            interval = abba.median_interval(groups)
+            entry["median_ci95"] = list(interval) if interval else None
         if workload == "zipf":
             warm = [p for p in w["phases"] if p["target"] == numerator
                     and p["round"] in w["warm_rounds"]]

@@ -110,3 +110,27 @@ def test_a_ratio_with_wrong_answers_on_either_side_does_not_meet_its_target(side
     assert (entry["numerator"], entry["denominator"]) == ("pymemcache+local", "noauth")
     assert entry["met"] is False
     assert entry["errors"] == 7
+
+
+def test_the_median_of_the_groups_comes_with_a_distribution_free_95_percent_interval():
+    # Of 40 groups, the median lies between the 14th and the 27th smallest ratio with a
+    # probability of at least 95% (the binomial count of groups below the true median),
+    # whatever the distribution of the ratios.
+    ratios = [0.80 + 0.0025 * i for i in range(40)]
+    low, high = abba.median_interval(ratios)
+    assert (low, high) == (ratios[13], ratios[26])
+    random = np.random.default_rng(3)
+    shuffled = list(random.permutation(ratios))
+    assert abba.median_interval(shuffled) == (low, high)
+    assert abba.median_interval(ratios[:5]) is None  # too few groups for 95%
+
+
+def test_the_target_entry_carries_the_medians_interval():
+    from benchmarks import throughput
+
+    groups = [{"target": "pymemcache+local", "ratio": 0.80 + 0.0025 * i} for i in range(40)]
+    workloads = {"hot": {"groups": groups, "summary": {
+        "noauth": {"rps_over_noauth": 1.0, "errors": 0},
+        "pymemcache+local": {"rps_over_noauth": 0.85, "errors": 0}}}}
+    [entry] = throughput.evaluate_targets(workloads)
+    assert entry["median_ci95"] == [groups[13]["ratio"], groups[26]["ratio"]]
