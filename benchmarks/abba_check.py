@@ -15,10 +15,13 @@ method measures, what 1 s phases in ABBA groups with their own connections (the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -147,24 +150,35 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=0.25)
     parser.add_argument("--settle", type=float, default=0.025)
     parser.add_argument("--no-copy", action="store_true")
+    parser.add_argument("--real", nargs="*", default=[],
+                        help="real stacks too (pymemcache+local...): starts slapd, memcached")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     calibrated = calibrate(args.burn_us, args.iterations)
     burns = [f"{throughput.BURN}{n}" for n in calibrated if n]
-    others = ([] if args.no_copy else [throughput.COPY]) + burns
+    others = ([] if args.no_copy else [throughput.COPY]) + burns + args.real
     stacks_run = [throughput.BASELINE, *others]
     print("calibrated µs per call:", {f"burn{n}": round(us, 2) for n, us in calibrated.items()})
     port = throughput.free_port()
-    config = {"port": port, "slapd_url": None, "memcached_url": None, "server_threads": 8,
-              "targets": stacks_run}
     headers = [stacks.basic_header(servers.login_of(i), servers.password_of(i))
                for i in range(100)]
     zipf = throughput.Zipf(100, 1.1)
     report: dict[str, Any] = {"calibrated_us": calibrated, "args": vars(args)}
-    with throughput.ServerProcess(config, SERVER_CPU) as server:
+    with contextlib.ExitStack() as lab:
+        config = {"port": port, "slapd_url": None, "memcached_url": None,
+                  "server_threads": 8, "targets": stacks_run}
+        if args.real:
+            # As in make bench: slapd and memcached beside the clients, not the server.
+            tmp = Path(lab.enter_context(tempfile.TemporaryDirectory()))
+            ldif = servers.write_benchmark_ldif(tmp / "users.ldif", 200)
+            cpus = ",".join(map(str, sorted(CLIENT_CPUS)))
+            slapd = lab.enter_context(servers.PinnedSlapd(cpus=cpus, ldif=ldif))
+            memcached = lab.enter_context(servers.PinnedMemcached(cpus=cpus, memory_mb=64))
+            config.update(slapd_url=slapd.url, memcached_url=memcached.url)
+        server = lab.enter_context(throughput.ServerProcess(config, SERVER_CPU))
         for target in stacks_run:
-            for i in range(20):
+            for i in range(100):  # every hot user cached beforehand
                 throughput._get(port, target, headers[i])
         report["steady"] = steady(port, stacks_run, args.steady_rounds, 1.5, zipf, headers)
         report["new"] = new_method(port, server.pid, stacks_run, args.groups, zipf, headers,
