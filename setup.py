@@ -85,7 +85,7 @@ setup(
             "setuptools>=76,<81",
             "python-ldap>=3.4",  # the LDAP suites run against both ldap_library choices
         ],
-        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "numpy>=1.24", "pymemcache>=4.0",
+        "bench": ["dogpile.cache>=1.3", "matplotlib>=3.7", "pymemcache>=4.0",
                   "python-ldap>=3.4"],
         "docs": ["sphinx>=7"],
     },

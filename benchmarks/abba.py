@@ -31,6 +31,7 @@ averages out).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -41,8 +42,6 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from . import harness
 
@@ -74,13 +73,15 @@ class Schedule:
 
 @dataclass
 class Completions:
-    """Every response of a run: when it arrived, in which slice its request was sent,
-    how long it took, and whether it was the expected one."""
+    """Every response of a run, in four parallel sequences: when it arrived
+    (``perf_counter`` seconds), in which slice its request was sent (-1: the warm-up before
+    the first slice, which asks for the first slice's stack), how long it took (seconds),
+    and whether it was the expected one."""
 
-    done: np.ndarray  # perf_counter seconds
-    sent_in: np.ndarray  # slice index (-1: the warm-up before the first slice)
-    latency: np.ndarray  # seconds
-    ok: np.ndarray  # bool
+    done: Sequence[float]
+    sent_in: Sequence[int]
+    latency: Sequence[float]
+    ok: Sequence[bool]
 
 
 def median_interval(values: Sequence[float],
@@ -163,55 +164,65 @@ def run_clients(port: int, schedule: Schedule, requests: dict[str, list[bytes]],
     if failures:
         raise RuntimeError(f"a client failed: {failures[0]!r}") from failures[0]
     completions = Completions(
-        done=np.concatenate([np.frombuffer(a, dtype=np.float64) for a in done]),
-        sent_in=np.concatenate([np.frombuffer(a, dtype=np.int32) for a in sent_in]),
-        latency=np.concatenate([np.frombuffer(a, dtype=np.float64) for a in latency]),
-        ok=np.concatenate([np.frombuffer(a, dtype=np.int8) for a in ok]).astype(bool))
+        done=array("d", itertools.chain.from_iterable(done)),
+        sent_in=array("i", itertools.chain.from_iterable(sent_in)),
+        latency=array("d", itertools.chain.from_iterable(latency)),
+        ok=array("b", itertools.chain.from_iterable(ok)))
     return completions, start, readings
 
 
 def slice_rates(c: Completions, n: int, start: float, slice_seconds: float,
-                settle_seconds: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                settle_seconds: float) -> tuple[list[float], list[int], bytearray]:
     """Per slice: its rate (right answers to its requests inside its window over the
-    window's length), the number of its requests, and the mask of the counted answers."""
-    begins = start + np.arange(n) * slice_seconds
-    ends = begins + slice_seconds
-    completed_in = np.floor((c.done - start) / slice_seconds).astype(np.int64)
+    window's length) and the number of its requests; and, per completion, whether it was
+    counted."""
     # The last response, in each slice, to a request sent in an earlier one.
-    late = np.full(n, -np.inf)
-    carried = (completed_in > c.sent_in) & (completed_in >= 0) & (completed_in < n)
-    np.maximum.at(late, completed_in[carried], c.done[carried])
-    window_start = np.maximum(begins + settle_seconds, late)
-    valid = (c.sent_in >= 0) & (c.sent_in < n)
-    k = np.where(valid, c.sent_in, 0)
-    # Only right answers count: a stack that answers some requests wrongly (a fast 401, a
-    # 500) has not served them.
-    inside = valid & (c.done >= window_start[k]) & (c.done < ends[k]) & c.ok
-    counted = np.bincount(k[inside], minlength=n)
-    sent = np.bincount(k[valid], minlength=n)
-    lengths = np.maximum(ends - window_start, 1e-9)
-    return counted / lengths, sent, inside
+    late = [-math.inf] * n
+    for done, k in zip(c.done, c.sent_in, strict=True):
+        arrived_in = math.floor((done - start) / slice_seconds)
+        if k < arrived_in < n and arrived_in >= 0 and done > late[arrived_in]:
+            late[arrived_in] = done
+    ends = [start + (i + 1) * slice_seconds for i in range(n)]
+    window_start = [max(start + i * slice_seconds + settle_seconds, late[i])
+                    for i in range(n)]
+    counted = [0] * n
+    sent = [0] * n
+    inside = bytearray(len(c.done))
+    for index, (done, k, ok) in enumerate(zip(c.done, c.sent_in, c.ok, strict=True)):
+        if 0 <= k < n:
+            sent[k] += 1
+            # Only right answers count: a stack that answers some requests wrongly (a fast
+            # 401, a 500) has not served them.
+            if ok and window_start[k] <= done < ends[k]:
+                counted[k] += 1
+                inside[index] = 1
+    rates = [counted[i] / max(ends[i] - window_start[i], 1e-9) for i in range(n)]
+    return rates, sent, inside
 
 
 def analyse(c: Completions, schedule: Schedule, start: float, slice_seconds: float,
             settle_seconds: float, readings: dict[str, list]) -> dict[str, Any]:
     """Per stack: its groups' ratios, requests/s, latency, CPU per request (server and the
-    readers'), errors; the baseline's figures over all its slices."""
+    readers'), errors (the warm-up's count against the first slice's stack); the baseline's
+    figures over all its slices."""
     n = len(schedule.slices)
     rates, sent, inside = slice_rates(c, n, start, slice_seconds, settle_seconds)
-    sent_in = c.sent_in
     result: dict[str, Any] = {"groups": [], "stacks": {}}
     for stack, (a1, x1, x2, a2) in schedule.groups:
         ratio = (rates[x1] + rates[x2]) / (rates[a1] + rates[a2])
-        result["groups"].append({"target": stack, "ratio": float(ratio),
-                                 "rps": [float(rates[i]) for i in (a1, x1, x2, a2)]})
-    for stack in dict.fromkeys(schedule.slices):
+        result["groups"].append({"target": stack, "ratio": ratio,
+                                 "rps": [rates[i] for i in (a1, x1, x2, a2)]})
+    latencies: dict[str, list[float]] = {stack: [] for stack in schedule.slices}
+    errors = dict.fromkeys(schedule.slices, 0)
+    for index, k in enumerate(c.sent_in):
+        stack = schedule.slices[k] if 0 <= k < n else schedule.slices[0]
+        if inside[index]:
+            latencies[stack].append(c.latency[index])
+        if not c.ok[index]:
+            errors[stack] += 1
+    for stack, lat in latencies.items():
         mine = [i for i, s in enumerate(schedule.slices) if s == stack]
-        mask = np.isin(sent_in, mine)
-        window = inside & mask
-        lat = np.sort(c.latency[window])
-        requests = int(sent[mine].sum())
-        seconds = len(mine) * slice_seconds
+        lat.sort()
         cpu: dict[str, float | None] = {}
         for name, values in readings.items():
             spent = [values[i + 1] - values[i] for i in mine
@@ -219,16 +230,16 @@ def analyse(c: Completions, schedule: Schedule, start: float, slice_seconds: flo
             cpu[name] = sum(spent) if len(spent) == len(mine) else None
         ratios = [g["ratio"] for g in result["groups"] if g["target"] == stack]
         result["stacks"][stack] = {
-            "rps": float(statistics.median(rates[mine])),
-            "p50_ms": harness.percentile(lat.tolist(), 0.50) * 1e3 if len(lat) else None,
-            "p99_ms": harness.percentile(lat.tolist(), 0.99) * 1e3 if len(lat) else None,
-            "requests": requests,
-            "errors": int((~c.ok[mask]).sum()),
+            "rps": statistics.median(rates[i] for i in mine),
+            "p50_ms": harness.percentile(lat, 0.50) * 1e3 if lat else None,
+            "p99_ms": harness.percentile(lat, 0.99) * 1e3 if lat else None,
+            "requests": sum(sent[i] for i in mine),
+            "errors": errors[stack],
             "slices": len(mine),
             "cpu_seconds": cpu,
-            "seconds": seconds,
+            "seconds": len(mine) * slice_seconds,
             "rps_over_baseline": (1.0 if stack == schedule.baseline
-                                  else float(statistics.median(ratios))),
+                                  else statistics.median(ratios)),
             "group_ratios": ratios,
         }
     return result

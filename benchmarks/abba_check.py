@@ -21,10 +21,9 @@ import os
 import statistics
 import tempfile
 import time
+from array import array
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from . import abba, servers, stacks, throughput
 
@@ -206,7 +205,7 @@ def main() -> None:
             print(f"    old: {summary(report['old'][target])}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(report, f, default=lambda o: o.tolist() if isinstance(o, np.ndarray)
+            json.dump(report, f, default=lambda o: list(o) if isinstance(o, array)
                       else str(o), indent=1)
 
 
