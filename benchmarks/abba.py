@@ -110,7 +110,9 @@ def run_clients(port: int, schedule: Schedule, requests: dict[str, list[bytes]],
     and, per reader, its value at every slice edge (``len(slices) + 1`` readings)."""
     n = len(schedule.slices)
     order = schedule.slices
-    barrier = threading.Barrier(threads + 1)
+    # Bounded: a client that cannot connect breaks the barrier for all (BrokenBarrierError)
+    # instead of leaving the run waiting for it.
+    barrier = threading.Barrier(threads + 1, timeout=60)
     start_box = [0.0]
     done = [array("d") for _ in range(threads)]
     sent_in = [array("i") for _ in range(threads)]
