@@ -408,6 +408,22 @@ def _delta(after: dict, before: dict, target: str, kind: str, name: str) -> int:
     return after["stacks"][target][kind][name] - before["stacks"][target][kind][name]
 
 
+def _counters(after: dict, before: dict, target: str) -> dict[str, int]:
+    """The stack's LDAP and cache counters between two ``/_stats`` readings (none for a
+    stack with neither): binds and searches, cache hits (near-cache hits included), the
+    near-cache hits alone, misses."""
+    found: dict[str, int] = {}
+    if after["stacks"][target]["ldap"] is not None:
+        for name in ("user_binds", "service_binds", "searches"):
+            found[name] = _delta(after, before, target, "ldap", name)
+    if after["stacks"][target]["cache"] is not None:
+        found["local_hits"] = _delta(after, before, target, "cache", "local_hits")
+        found["cache_hits"] = (_delta(after, before, target, "cache", "hits")
+                               + found["local_hits"])
+        found["cache_misses"] = _delta(after, before, target, "cache", "misses")
+    return found
+
+
 def _per_request_us(after: float | None, before: float | None, requests: int) -> float | None:
     if after is None or before is None or not requests:
         return None
@@ -449,21 +465,10 @@ def _workload(port: int, name: str, targets: list[str], zipf: Zipf, settings: Se
             for backend in backends:
                 phase[f"{backend}_cpu_us_per_request"] = _per_request_us(
                     backends_after[backend], backends_before[backend], phase["requests"])
-            if after["stacks"][target]["ldap"] is not None:
-                phase.update({
-                    "user_binds": _delta(after, before, target, "ldap", "user_binds"),
-                    "service_binds": _delta(after, before, target, "ldap", "service_binds"),
-                    "searches": _delta(after, before, target, "ldap", "searches"),
-                })
-            else:
-                phase.update({"user_binds": 0, "service_binds": 0, "searches": 0})
+            phase.update({"user_binds": 0, "service_binds": 0, "searches": 0,
+                          **_counters(after, before, target)})
             phase["user_binds_per_1000"] = 1000 * phase["user_binds"] / max(
                 1, phase["requests"])
-            if after["stacks"][target]["cache"] is not None:
-                phase["local_hits"] = _delta(after, before, target, "cache", "local_hits")
-                phase["cache_hits"] = (_delta(after, before, target, "cache", "hits")
-                                       + phase["local_hits"])
-                phase["cache_misses"] = _delta(after, before, target, "cache", "misses")
             phases.append(phase)
 
     def rps_of(target: str, r: int) -> float:
@@ -545,17 +550,9 @@ def _hot_workload(port: int, targets: list[str], zipf: Zipf, settings: Settings,
             "rps_over_noauth": m["rps_over_baseline"],
         }
         # Counters over the whole workload (the slices' settling requests included).
-        if after["stacks"][target]["ldap"] is not None:
-            row["user_binds"] = _delta(after, before, target, "ldap", "user_binds")
-            row["service_binds"] = _delta(after, before, target, "ldap", "service_binds")
-        if after["stacks"][target]["cache"] is not None:
-            row["local_hits"] = _delta(after, before, target, "cache", "local_hits")
-            row["cache_hits"] = _delta(after, before, target, "cache", "hits") + row[
-                "local_hits"]
-            row["cache_misses"] = _delta(after, before, target, "cache", "misses")
+        row.update(_counters(after, before, target))
         summary[target] = row
-    return {"users": len(zipf.cumulative), "seconds": settings.hot_slice_seconds,
-            "slice_seconds": settings.hot_slice_seconds,
+    return {"users": len(zipf.cumulative), "slice_seconds": settings.hot_slice_seconds,
             "settle_seconds": settings.hot_settle_seconds,
             "groups_per_stack": settings.hot_groups,
             "groups": measured["groups"], "summary": summary}
